@@ -1,0 +1,140 @@
+"""The run mode, as a checklist (the order is the design):
+
+1. block the signals we will handle   (one arriving now stays pending, not lost)
+2. become a child subreaper           (unless PID 1, which reaps orphans anyway)
+3. bind (or adopt) the listeners      (once, for hotswapd's whole life)
+4. spawn generation 1                 (before asyncio, aiohttp, structlog are imported)
+5. import the heavy modules
+6. start the event sources            (signals unblocked, reaper, watcher, control)
+7. await the supervisor               (its exit code is ours)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from hotswapd import signals
+from hotswapd.config import Config
+from hotswapd.errors import HotswapdError
+from hotswapd.generation import Generation, check_templates, launch
+from hotswapd.listeners import Listener, adopt_inherited, bind_all, close_all
+from hotswapd.spawn import Credentials, resolve_user
+
+
+def run(config: Config) -> int:
+    started = time.monotonic()
+    signals.block_startup_signals()
+    is_pid1 = os.getpid() == 1
+    if not is_pid1:
+        import prctl
+
+        prctl.set_child_subreaper(True)
+    environ = dict(os.environ)
+    listeners: list[Listener] = []
+    try:
+        adopted = adopt_inherited(environ)
+        listeners = adopted if adopted is not None else bind_all(config.listen)
+        check_templates(config.command, [listener.name for listener in listeners])
+        credentials = resolve_user(config.user) if config.user else None
+        notify = None
+        if config.ready == "notify":
+            from hotswapd.notify import NotifySocket
+
+            notify = NotifySocket(os.getpid(), 1)
+        first = launch(config, listeners, 1, environ, credentials, notify=notify)
+    except HotswapdError as exc:
+        close_all(listeners)
+        print(f"hotswapd: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    spawned_ms = (time.monotonic() - started) * 1000
+    try:
+        return _serve(config, listeners, first, environ, credentials, is_pid1, adopted is not None,
+                      spawned_ms)  # fmt: skip
+    finally:
+        close_all(listeners)
+
+
+def _serve(
+    config: Config,
+    listeners: list[Listener],
+    first: Generation,
+    environ: dict[str, str],
+    credentials: Credentials | None,
+    is_pid1: bool,
+    adopted: bool,
+    spawned_ms: float,
+) -> int:
+    import asyncio  # the heavy imports start here, after generation 1 is running
+
+    from hotswapd import log as logging_setup
+
+    logging_setup.configure(config.log_format, config.log_level)
+    log = logging_setup.get_logger()
+    for listener in listeners:
+        log.info("listening", name=listener.name, address=listener.address(), adopted=adopted)
+    if is_pid1:
+        log.info("init", role="pid1", note="reaping every orphan in this pid namespace")
+    else:
+        log.info(
+            "init",
+            role="subreaper",
+            pid=os.getpid(),
+            note="not PID 1: became a child subreaper so orphans are reaped here",
+        )
+    log.info("spawned", generation=first.number, pid=first.pid, executable=first.executable,
+             startup_ms=round(spawned_ms, 2))  # fmt: skip
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_main(config, listeners, first, environ, credentials, log))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _main(
+    config: Config,
+    listeners: list[Listener],
+    first: Generation,
+    environ: dict[str, str],
+    credentials: Credentials | None,
+    log: Any,
+) -> int:
+    import asyncio
+
+    from hotswapd.supervisor import Supervisor
+
+    loop = asyncio.get_running_loop()
+    supervisor = Supervisor(config, listeners, first, environ, credentials, log)
+    signals.install(loop, supervisor.on_signal, supervisor.reaper.reap)
+    sources = await _start_sources(config, supervisor, log)
+    try:
+        return await supervisor.run()
+    finally:
+        for close in reversed(sources):
+            await close()
+        signals.uninstall(loop)
+
+
+async def _start_sources(config: Config, supervisor: Any, log: Any) -> list[Any]:
+    """Start the optional event sources; each gives back its async close function."""
+    closers: list[Any] = []
+    if config.watch:
+        from hotswapd.supervisor import SignalRequested, SwapRequested
+        from hotswapd.watch import Watcher
+
+        def on_change(spec: Any, reason: str) -> None:
+            if spec.action == "swap":
+                supervisor.post(SwapRequested(source="watch", reason=f"{spec.path}: {reason}"))
+            else:
+                supervisor.post(SignalRequested(spec.signal, source=f"watch {spec.path}"))
+
+        watcher = Watcher(config.watch, mode=config.watch_mode, debounce=config.debounce,
+                          poll_interval=config.poll_interval, on_change=on_change)  # fmt: skip
+        await watcher.start()
+        supervisor.watcher = watcher
+        closers.append(watcher.close)
+    return closers

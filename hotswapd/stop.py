@@ -1,0 +1,71 @@
+"""The escalating stop: signal → timeout → SIGKILL of the process group, each step logged.
+
+Used for every way a generation ends: hotswapd stopping, a drained old generation,
+a rolled-back candidate, and what is left of a group after its leader exited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from typing import Any
+
+from hotswapd.generation import Generation
+from hotswapd.reaper import Reaper, group_alive
+from hotswapd.signals import name as signame
+
+
+def send(pid: int, sig: int) -> bool:
+    """Signal one process; False when it is already gone."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already empty
+        os.killpg(pgid, sig)
+
+
+async def stop_generation(
+    gen: Generation,
+    sig: int,
+    grace: float,
+    reaper: Reaper,
+    log: Any,
+    why: str,
+    already_signalled: bool = False,
+) -> int:
+    """Send `sig`, wait `grace` seconds, then SIGKILL the group; returns the raw wait status."""
+    assert gen.exited is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    if not already_signalled and gen.alive:
+        log.info("stop_signal_sent", generation=gen.number, pid=gen.pid, signal=signame(sig),
+                 why=why, timeout_s=grace)  # fmt: skip
+        send(gen.pid, sig)
+    try:
+        status = await asyncio.wait_for(asyncio.shield(gen.exited), max(grace, 0))
+    except TimeoutError:
+        log.warning(
+            "stop_timeout_kill",
+            generation=gen.number,
+            pid=gen.pid,
+            timeout_s=grace,
+            why=why,
+            fix="raise --stop-timeout/--drain-timeout if the server needs longer",
+        )
+        kill_group(gen.pid)
+        status = await gen.exited
+    # The leader is gone; give the rest of its group what is left of the grace period.
+    if group_alive(gen.pid):
+        kill_group(gen.pid, sig)
+        if not await reaper.wait_group_empty(gen.pid, max(deadline - loop.time(), 0)):
+            log.warning("stop_group_kill", generation=gen.number, pgid=gen.pid, why=why)
+            kill_group(gen.pid)
+            await reaper.wait_group_empty(gen.pid, 5.0)
+    return status

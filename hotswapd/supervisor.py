@@ -1,0 +1,530 @@
+"""The supervisor: one queue of events, one `handle_<event>` each, the only writer of state.
+
+Signals, the reaper, the watcher and the control socket all put events on the queue;
+nothing else changes `state`, `active` or a generation's state. Long work (a swap,
+a stop) runs in tasks that report back through the same queue or through the
+narrow hooks a swap transaction is given (`launch_candidate`, `commit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hotswapd import signals as sigs
+from hotswapd.config import Config
+from hotswapd.errors import EXIT_FAILURE, SpawnError, describe_status, exit_status
+from hotswapd.generation import Generation, launch
+from hotswapd.listeners import Listener
+from hotswapd.notify import NotifySocket
+from hotswapd.reaper import Reaper
+from hotswapd.spawn import Credentials
+from hotswapd.states import TRANSITIONS, GenState, State
+from hotswapd.stop import send, stop_generation
+from hotswapd.swap import SwapOutcome, SwapTransaction, file_sha256
+
+RESTART_BACKOFF_START_S = 0.1  # first restart delay for --on-exit restart
+RESTART_BACKOFF_CAP_S = 30.0  # a crash loop settles at one attempt per 30 s
+RESTART_HEALTHY_RUN_S = 10.0  # a run this long resets the backoff
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class SignalReceived:
+    signum: int
+
+
+@dataclass(frozen=True)
+class ChildExited:
+    pid: int
+    status: int
+
+
+@dataclass
+class SwapRequested:
+    source: str  # signal | watch | ctl | rollback
+    reason: str = ""
+    rollback: bool = False
+    reply: asyncio.Future[SwapOutcome] | None = None
+    on_phase: Callable[[str, dict[str, Any]], None] | None = None
+    joined: list[SwapRequested] = field(default_factory=list)  # coalesced into this one
+
+
+@dataclass(frozen=True)
+class SwapFinished:
+    outcome: SwapOutcome
+
+
+@dataclass(frozen=True)
+class SignalRequested:
+    signum: int
+    source: str
+
+
+@dataclass(frozen=True)
+class RestartDue:
+    pass
+
+
+@dataclass(frozen=True)
+class StopFinished:
+    pass
+
+
+Event = (
+    SignalReceived | ChildExited | SwapRequested | SwapFinished | SignalRequested | RestartDue
+    | StopFinished
+)  # fmt: skip
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_JOB_CONTROL = {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+
+
+@dataclass
+class Counters:
+    swaps_committed: int = 0
+    swaps_rolled_back: int = 0
+    swaps_refused: int = 0
+    swaps_coalesced: int = 0
+    restarts: int = 0
+    signals_forwarded: int = 0
+    rollback_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class Supervisor:
+    """Owns the generations and decides; everything else reports to it."""
+
+    def __init__(
+        self,
+        config: Config,
+        listeners: list[Listener],
+        first: Generation,
+        environ: dict[str, str],
+        credentials: Credentials | None,
+        log: Any,
+    ) -> None:
+        self.config = config
+        self.listeners = listeners
+        self.environ = environ
+        self.credentials = credentials
+        self.log = log
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.reaper = Reaper(self._child_exited)
+        self.state = State.STARTING
+        self.generations: dict[int, Generation] = {first.number: first}
+        self.active = first
+        self.previous: Generation | None = None  # the last committed generation before active
+        self.next_number = first.number + 1
+        self.swap: SwapTransaction | None = None
+        self.swap_task: asyncio.Task[SwapOutcome] | None = None
+        self.follow_up: SwapRequested | None = None
+        self.last_swap: SwapOutcome | None = None
+        self.swap_count = 0
+        self.counters = Counters()
+        self.exit_code: int | None = None
+        self.restart_delay = RESTART_BACKOFF_START_S
+        self.is_pid1 = os.getpid() == 1
+        self.session: Any = None
+        self.listeners_swap_hooks: list[Callable[[SwapOutcome], None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        first.state = GenState.ACTIVE
+
+    # ---------------------------------------------------------------- plumbing
+
+    def post(self, event: Event) -> None:
+        """Enqueue an event; the only thing event sources may do."""
+        self.queue.put_nowait(event)
+
+    def on_signal(self, signum: int) -> None:
+        self.post(SignalReceived(signum))
+
+    def _child_exited(self, pid: int, status: int) -> None:
+        self.post(ChildExited(pid, status))
+
+    def _transition(self, new: State) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"illegal transition {self.state.value} -> {new.value}")
+        self.log.debug("state", old=self.state.value, new=new.value)
+        self.state = new
+
+    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def attach(self, gen: Generation) -> None:
+        """Register a generation's exit future and its notify socket on the loop."""
+        gen.exited = self.reaper.watch(gen.pid)
+        if gen.notify is not None:
+            gen.notify.on_message = lambda fields, sender, g=gen: self._notify_message(
+                g, fields, sender
+            )
+            gen.notify.attach(asyncio.get_running_loop())
+
+    def executable_sha256(self, gen: Generation) -> str | None:
+        """Hashed on demand (status, metrics): hashing at spawn would delay every swap."""
+        if gen.sha256 is None:
+            gen.sha256 = file_sha256(gen.exe_fd if gen.exe_fd is not None else gen.executable)
+        return gen.sha256
+
+    def _notify_message(self, gen: Generation, fields: dict[str, str], sender: int | None) -> None:
+        self.log.info("sd_notify", generation=gen.number, pid=gen.pid, sender_pid=sender,
+                      **{key.lower(): value for key, value in fields.items()})  # fmt: skip
+
+    # ---------------------------------------------------------------- the loop
+
+    async def run(self) -> int:
+        self.attach(self.active)
+        self._transition(State.RUNNING)
+        self.reaper.reap()  # anything that exited while signals were still blocked
+        while self.state is not State.STOPPED:
+            event = await self.queue.get()
+            self._dispatch(event)
+        await self._close()
+        return self.exit_code if self.exit_code is not None else EXIT_FAILURE
+
+    def _dispatch(self, event: Event) -> None:
+        match event:
+            case SignalReceived():
+                self.handle_signal(event)
+            case ChildExited():
+                self.handle_child_exited(event)
+            case SwapRequested():
+                self.handle_swap_requested(event)
+            case SwapFinished():
+                self.handle_swap_finished(event)
+            case SignalRequested():
+                self.handle_signal_requested(event)
+            case RestartDue():
+                self.handle_restart_due(event)
+            case StopFinished():
+                self.handle_stop_finished(event)
+
+    async def _close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for gen in self.generations.values():
+            gen.close_resources()
+            gen.close_exe()
+        if self.session is not None:
+            await self.session.close()
+
+    # ---------------------------------------------------------------- handlers
+
+    def handle_signal(self, event: SignalReceived) -> None:
+        sig = event.signum
+        if sig == self.config.swap_signal and self.state is not State.STOPPING:
+            self.handle_swap_requested(SwapRequested(source="signal", reason=sigs.name(sig)))
+            return
+        if sig in _STOP_SIGNALS and self.state is not State.STOPPING:
+            self.log.info("stop_requested", signal=sigs.name(sig))
+            self._begin_stop(self.config.stop_signal or sig, exit_code=None)
+            return
+        if self.state is State.STOPPING:
+            # A second TERM while stopping is forwarded again, as tini does.
+            for gen in self._live():
+                send(gen.pid, sig)
+            return
+        self._forward(sig)
+        if sig == signal.SIGTSTP and not self.is_pid1:
+            os.kill(os.getpid(), signal.SIGSTOP)  # job control: stop with the child
+
+    def _forward(self, sig: int) -> None:
+        gen = self.active
+        if gen.alive and send(gen.pid, sig):
+            self.counters.signals_forwarded += 1
+            self.log.debug("signal_forwarded", signal=sigs.name(sig), generation=gen.number,
+                           pid=gen.pid)  # fmt: skip
+
+    def handle_signal_requested(self, event: SignalRequested) -> None:
+        self.log.info("signal_requested", signal=sigs.name(event.signum), source=event.source,
+                      generation=self.active.number, pid=self.active.pid)  # fmt: skip
+        self._forward(event.signum)
+
+    def handle_child_exited(self, event: ChildExited) -> None:
+        gen = next((g for g in self.generations.values() if g.pid == event.pid), None)
+        if gen is None:
+            return
+        gen.status = event.status
+        previous_state = gen.state
+        gen.state = GenState.EXITED
+        gen.close_resources()
+        self.log.info(
+            "child_exited",
+            generation=gen.number,
+            pid=gen.pid,
+            status=describe_status(event.status),
+            was=previous_state.value,
+        )
+        if gen is not self.active:
+            self._forget(gen)
+            return
+        if self.state is State.STOPPING:
+            return
+        if self.config.on_exit == "restart":
+            self._schedule_restart(gen)
+            return
+        self.log.info("active_exited", generation=gen.number, pid=gen.pid,
+                      exit_code=exit_status(event.status))  # fmt: skip
+        self._begin_stop(self.config.stop_signal or signal.SIGTERM,
+                         exit_code=exit_status(event.status))  # fmt: skip
+
+    def _forget(self, gen: Generation) -> None:
+        """Drop an exited generation that no one will roll back to."""
+        if gen is self.previous or gen is self.active:
+            return
+        self.generations.pop(gen.number, None)
+        gen.close_exe()
+
+    def handle_swap_requested(self, event: SwapRequested) -> None:
+        if self.state is State.SWAPPING:
+            if self.follow_up is None:
+                self.log.info(
+                    "swap_coalesced",
+                    source=event.source,
+                    note="a swap is running; one follow-up swap is queued",
+                )
+                self.follow_up = event
+            else:
+                self.log.info(
+                    "swap_coalesced",
+                    source=event.source,
+                    note="a follow-up swap is already queued; this request joins it",
+                )
+                self.follow_up.joined.append(event)
+            self.counters.swaps_coalesced += 1
+            return
+        if self.state is not State.RUNNING or not self.active.alive:
+            reason = f"hotswapd is {self.state.value}; swaps are only started while running"
+            self.log.warning("swap_refused", source=event.source, reason=reason)
+            self._refuse(event, reason)
+            return
+        exec_fd: int | None = None
+        executable: str | None = None
+        if event.rollback:
+            prev = self.previous
+            if prev is None or prev.exe_fd is None:
+                reason = "no previous committed generation to roll back to"
+                self.log.warning("swap_refused", source=event.source, reason=reason)
+                self._refuse(event, reason)
+                return
+            exec_fd, executable = prev.exe_fd, prev.executable
+        self._transition(State.SWAPPING)
+        self.swap_count += 1
+        if self.session is None:
+            from hotswapd.probe import new_session
+
+            self.session = new_session()
+        self.log.info(
+            "swap_requested",
+            swap=self.swap_count,
+            source=event.source,
+            reason=event.reason,
+            generation=self.active.number,
+            pid=self.active.pid,
+        )
+        self.swap = SwapTransaction(self, self.active, self.swap_count, event.source,
+                                    self.session, exec_fd=exec_fd, executable=executable,
+                                    on_phase=event.on_phase)  # fmt: skip
+        self.swap_task = self._spawn_task(self._run_swap(self.swap, event))
+
+    def _refuse(self, event: SwapRequested, reason: str) -> None:
+        self.counters.swaps_refused += 1
+        outcome = SwapOutcome(swap_id=0, trigger=event.source, outcome="refused", reason=reason)
+        _reply(event, outcome)
+
+    async def _run_swap(self, swap: SwapTransaction, event: SwapRequested) -> SwapOutcome:
+        outcome = await swap.run()
+        _reply(event, outcome)
+        self.post(SwapFinished(outcome))
+        return outcome
+
+    def handle_swap_finished(self, event: SwapFinished) -> None:
+        outcome = event.outcome
+        self.last_swap = outcome
+        self.swap = None
+        self.swap_task = None
+        if outcome.outcome == "committed":
+            self.counters.swaps_committed += 1
+        else:
+            self.counters.swaps_rolled_back += 1
+            key = _reason_key(outcome.reason)
+            self.counters.rollback_reasons[key] = self.counters.rollback_reasons.get(key, 0) + 1
+        for hook in self.listeners_swap_hooks:
+            hook(outcome)
+        self.log.info(
+            "swap_finished",
+            swap=outcome.swap_id,
+            outcome=outcome.outcome,
+            reason=outcome.reason,
+            phases=outcome.phases,
+            active_generation=self.active.number,
+            active_pid=self.active.pid,
+        )
+        if self.state is State.STOPPING:
+            return
+        self._transition(State.RUNNING)
+        if not self.active.alive:
+            # The active generation exited while the swap ran: apply --on-exit now.
+            self.handle_child_exited(ChildExited(self.active.pid, self.active.status or 0))
+            return
+        if self.follow_up is not None:
+            follow_up, self.follow_up = self.follow_up, None
+            self.handle_swap_requested(follow_up)
+
+    # ---------------------------------------------------------------- swap hooks
+
+    def launch_candidate(self, exec_fd: int | None, executable: str | None) -> Generation:
+        number = self.next_number
+        notify = NotifySocket(os.getpid(), number) if self.config.ready == "notify" else None
+        try:
+            gen = launch(self.config, self.listeners, number, self.environ, self.credentials,
+                         notify=notify, exec_fd=exec_fd, executable=executable)  # fmt: skip
+        except BaseException:
+            if notify is not None:
+                notify.close()
+            raise
+        self.next_number += 1
+        self.generations[number] = gen
+        self.attach(gen)
+        return gen
+
+    def commit(self, candidate: Generation) -> Generation:
+        """The commit point: the candidate becomes active and the old one starts draining."""
+        old = self.active
+        old.state = GenState.DRAINING
+        candidate.state = GenState.ACTIVE
+        if self.previous is not None and self.previous is not old:
+            prev = self.previous
+            self.previous = None
+            if not prev.alive:
+                self._forget(prev)
+            else:
+                prev.close_exe()
+        self.previous = old
+        self.active = candidate
+        send(old.pid, self.config.drain_signal)
+        return old
+
+    def rolled_back(self, candidate: Generation) -> None:
+        candidate.state = GenState.ROLLED_BACK
+
+    # ---------------------------------------------------------------- restart
+
+    def _schedule_restart(self, gen: Generation) -> None:
+        ran_for = time.monotonic() - gen.started_mono
+        if ran_for >= RESTART_HEALTHY_RUN_S:
+            self.restart_delay = RESTART_BACKOFF_START_S
+        delay = self.restart_delay
+        self.restart_delay = min(self.restart_delay * 2, RESTART_BACKOFF_CAP_S)
+        if self.state is State.SWAPPING and self.swap is not None:
+            self.swap.abort("the active generation exited")
+            return  # handle_swap_finished re-applies --on-exit
+        self._transition(State.RESTARTING)
+        self.log.warning("restart_scheduled", generation=gen.number, pid=gen.pid,
+                         status=describe_status(gen.status or 0), delay_s=round(delay, 3),
+                         ran_s=round(ran_for, 3))  # fmt: skip
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, self.post, RestartDue())
+
+    def handle_restart_due(self, event: RestartDue) -> None:
+        if self.state is not State.RESTARTING:
+            return
+        number = self.next_number
+        notify = NotifySocket(os.getpid(), number) if self.config.ready == "notify" else None
+        try:
+            gen = launch(self.config, self.listeners, number, self.environ, self.credentials,
+                         notify=notify)  # fmt: skip
+        except SpawnError as exc:
+            if notify is not None:
+                notify.close()
+            # A program that cannot be exec'd at all will not start by retrying: give up.
+            self.log.error("restart_failed", error=str(exc), exit_code=exc.exit_code)
+            self._transition(State.RUNNING)
+            self._begin_stop(signal.SIGTERM, exit_code=exc.exit_code)
+            return
+        self.next_number += 1
+        old = self.active
+        self.generations[number] = gen
+        gen.state = GenState.ACTIVE
+        self.active = gen
+        self._forget(old)
+        self.attach(gen)
+        self.counters.restarts += 1
+        self.log.info("restarted", generation=gen.number, pid=gen.pid)
+        self._transition(State.RUNNING)
+
+    # ---------------------------------------------------------------- stop
+
+    def _live(self) -> list[Generation]:
+        return [gen for gen in self.generations.values() if gen.alive]
+
+    def _begin_stop(self, sig: int, exit_code: int | None) -> None:
+        if self.state is State.STOPPING:
+            return
+        if self.exit_code is None and exit_code is not None:
+            self.exit_code = exit_code
+        self._transition(State.STOPPING)
+        if self.swap is not None and not self.swap.committed:
+            self.swap.abort("hotswapd is stopping")
+        self._spawn_task(self._stop_all(sig))
+
+    async def _stop_all(self, sig: int) -> None:
+        swap_task = self.swap_task
+        candidate = self.swap.candidate if self.swap is not None else None
+        stoppers = []
+        for gen in self._live():
+            if gen is candidate and self.swap is not None and not self.swap.committed:
+                continue  # the transaction rolls its candidate back itself
+            if gen.state is GenState.DRAINING:
+                continue  # already signalled; the transaction waits for it
+            gen.state = GenState.STOPPING
+            stoppers.append(stop_generation(gen, sig, self.config.stop_timeout, self.reaper,
+                                            self.log, why="hotswapd stopping"))  # fmt: skip
+        await asyncio.gather(*stoppers)
+        if swap_task is not None:
+            await asyncio.wait({swap_task})
+        # Anything still alive (a draining generation whose swap was cancelled) goes now.
+        for gen in self._live():
+            await stop_generation(gen, sig, self.config.stop_timeout, self.reaper, self.log,
+                                  why="hotswapd stopping")  # fmt: skip
+        if self.exit_code is None:
+            status = self.active.status
+            self.exit_code = exit_status(status) if status is not None else EXIT_FAILURE
+        self.post(StopFinished())
+
+    def handle_stop_finished(self, event: StopFinished) -> None:
+        self.log.info(
+            "stopped", exit_code=self.exit_code, orphans_reaped=self.reaper.orphans_reaped
+        )
+        self._transition(State.STOPPED)
+
+    # ---------------------------------------------------------------- public entry points
+
+    def request_swap(self, source: str, reason: str = "") -> None:
+        """The internal swap() entry point for the watcher and the control socket."""
+        self.post(SwapRequested(source=source, reason=reason))
+
+
+def _reply(event: SwapRequested, outcome: SwapOutcome) -> None:
+    for request in (event, *event.joined):
+        if request.reply is not None and not request.reply.done():
+            request.reply.set_result(outcome)
+
+
+def _reason_key(reason: str) -> str:
+    """A low-cardinality label for a rollback reason (metrics and counters)."""
+    lowered = reason.lower()
+    for key in ("memory", "health", "probe listener", "exited", "aborted", "refused", "timed out",
+                "cannot run"):  # fmt: skip
+        if key in lowered:
+            return key.replace(" ", "_")
+    return "other"

@@ -1,0 +1,323 @@
+"""The swap transaction: spawn N+1, pass every gate, cut over, drain N — or roll back.
+
+It has exactly one outcome (`SwapOutcome`): committed, rolled back or refused,
+with the reason and the duration of each phase. Until every gate has passed,
+generation N is not touched at all (same pid, never signalled). The commit itself is
+the supervisor's to make (`hooks.commit`): it is the only writer of state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from hotswapd import elf, memory, probe
+from hotswapd.config import Config
+from hotswapd.errors import SpawnError, describe_status
+from hotswapd.generation import Generation
+from hotswapd.listeners import accept_queue_length
+from hotswapd.reaper import Reaper
+from hotswapd.stop import stop_generation
+
+ETXTBSY_RETRY_S = 5.0  # how long to wait for a writer to close a freshly built binary
+
+
+@dataclass
+class SwapOutcome:
+    """The one record of a swap; `status` and `/metrics` report it as is."""
+
+    swap_id: int
+    trigger: str
+    outcome: str = "pending"  # committed | rolled_back | refused
+    reason: str = ""
+    old_generation: int | None = None
+    old_pid: int | None = None
+    new_generation: int | None = None
+    new_pid: int | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    old_rss_bytes: int | None = None
+    new_rss_bytes: int | None = None
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SwapHooks(Protocol):
+    """What the transaction asks of the supervisor."""
+
+    config: Config
+    reaper: Reaper
+    log: Any
+
+    def launch_candidate(self, exec_fd: int | None, executable: str | None) -> Generation: ...
+
+    def commit(self, candidate: Generation) -> Generation: ...
+
+    def rolled_back(self, candidate: Generation) -> None: ...
+
+
+class GateFailed(Exception):
+    """A gate said no; the message is the rollback reason."""
+
+
+class SwapTransaction:
+    """One swap, from the program check to the old generation's exit."""
+
+    def __init__(
+        self,
+        hooks: SwapHooks,
+        old: Generation,
+        swap_id: int,
+        trigger: str,
+        session: Any,
+        exec_fd: int | None = None,
+        executable: str | None = None,
+        on_phase: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.hooks = hooks
+        self.config = hooks.config
+        self.old = old
+        self.exec_fd = exec_fd
+        self.executable = executable
+        self.session = session
+        self.outcome = SwapOutcome(swap_id=swap_id, trigger=trigger, old_generation=old.number,
+                                   old_pid=old.pid)  # fmt: skip
+        self.candidate: Generation | None = None
+        self.committed = False
+        self._abort = asyncio.Event()
+        self._abort_reason = ""
+        self._on_phase = on_phase
+        self._loop = asyncio.get_running_loop()
+        self._mark = self._loop.time()
+
+    # ---------------------------------------------------------------- helpers
+
+    def abort(self, reason: str) -> None:
+        """Ask the transaction to roll back (hotswapd is stopping); no-op after commit."""
+        self._abort_reason = reason
+        self._abort.set()
+
+    def _phase(self, name: str, **details: Any) -> None:
+        now = self._loop.time()
+        self.outcome.phases[name] = round(now - self._mark, 6)
+        self._mark = now
+        fields = dict(details, swap=self.outcome.swap_id, phase_s=self.outcome.phases[name])
+        if self.candidate is not None:
+            fields.setdefault("generation", self.candidate.number)
+            fields.setdefault("pid", self.candidate.pid)
+        self.hooks.log.info("swap_" + name, **fields)
+        if self._on_phase is not None:
+            self._on_phase(name, fields)
+
+    async def _guard(self, work: Awaitable[Any], limit: float | None, what: str) -> Any:
+        """Run one gate, failing it when the candidate exits or hotswapd stops first."""
+        assert self.candidate is not None
+        assert self.candidate.exited is not None
+        task = asyncio.ensure_future(work)
+        abort = asyncio.ensure_future(self._abort.wait())
+        exited = asyncio.shield(self.candidate.exited)
+        try:
+            done, _ = await asyncio.wait({task, abort, exited}, timeout=limit,
+                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            for pending in (task, abort):
+                if not pending.done():
+                    pending.cancel()
+            exited.cancel()  # cancels the shield only, not the reaper's future
+        if task in done:
+            return task.result()
+        if self.candidate.exited.done():
+            status = self.candidate.exited.result()
+            raise GateFailed(f"generation {self.candidate.number} exited during {what} "
+                             f"({describe_status(status)})")  # fmt: skip
+        if abort in done:
+            raise GateFailed(f"aborted during {what}: {self._abort_reason}")
+        raise GateFailed(f"{what} timed out")
+
+    # ---------------------------------------------------------------- the transaction
+
+    async def run(self) -> SwapOutcome:
+        try:
+            await self._prepare_and_gate()
+        except GateFailed as exc:
+            await self._rollback(str(exc))
+            return self._finish()
+        except SpawnError as exc:
+            self.outcome.outcome = "rolled_back"
+            self.outcome.reason = str(exc)
+            self.hooks.log.error("swap_rolled_back", swap=self.outcome.swap_id,
+                                 reason=self.outcome.reason, serving_generation=self.old.number,
+                                 serving_pid=self.old.pid)  # fmt: skip
+            return self._finish()
+        await self._cutover()
+        return self._finish()
+
+    def _finish(self) -> SwapOutcome:
+        self.outcome.finished_at = time.time()
+        return self.outcome
+
+    async def _prepare_and_gate(self) -> None:
+        config = self.config
+        if not config.health_gated:
+            self.hooks.log.warning(
+                "swap_not_health_gated",
+                swap=self.outcome.swap_id,
+                fix="add --health /healthz (or --ready notify) so a bad build is rolled back "
+                "before it takes traffic; now only 'still running after --settle' is checked",
+            )
+        old_rss = memory.tree_rss(self.old.pid)
+        self.outcome.old_rss_bytes = old_rss
+        refusal = memory.headroom_verdict(old_rss)
+        if refusal:
+            raise SpawnError(f"swap refused: {refusal}", 1)
+        if self.exec_fd is None:
+            program = self.executable or self.old.executable
+            problem = elf.check_program(program)
+            if problem:
+                raise SpawnError(f"swap refused: {program} {problem}", 126)
+        self._phase("checked")
+        self.candidate = await self._spawn()
+        self.outcome.new_generation = self.candidate.number
+        self.outcome.new_pid = self.candidate.pid
+        self._phase("spawned", executable=self.candidate.executable)
+        await self._guard(self._ready(), config.health_timeout, "the readiness gate")
+        self._phase("ready")
+        if config.settle > 0:
+            await self._guard(asyncio.sleep(config.settle), None, "the settle window")
+            self._phase("settled")
+        if config.max_memory_growth.enabled:
+            old_bytes = memory.tree_rss(self.old.pid)
+            new_bytes = memory.tree_rss(self.candidate.pid)
+            self.outcome.old_rss_bytes = old_bytes
+            self.outcome.new_rss_bytes = new_bytes
+            reason = memory.verdict(old_bytes, new_bytes, config.max_memory_growth)
+            if reason:
+                raise GateFailed(reason)
+            self._phase("memory_ok", old_rss_bytes=old_bytes, new_rss_bytes=new_bytes)
+        if config.canary > 0:
+            await self._guard(self._canary(), config.canary + config.health_timeout, "the canary")
+            self._phase("canary_ok", canary_s=config.canary)
+
+    async def _spawn(self) -> Generation:
+        """Spawn the candidate; ETXTBSY means a writer still holds the file: wait and retry."""
+        deadline = self._loop.time() + ETXTBSY_RETRY_S
+        delay = 0.02
+        while True:
+            try:
+                return self.hooks.launch_candidate(self.exec_fd, self.executable)
+            except SpawnError as exc:
+                if exc.errno != errno.ETXTBSY or self._loop.time() > deadline:
+                    raise
+            self.hooks.log.info("swap_wait_etxtbsy", swap=self.outcome.swap_id, retry_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _ready(self) -> None:
+        assert self.candidate is not None
+        config = self.config
+        deadline = self._loop.time() + config.health_timeout
+        if config.ready == "notify" and self.candidate.notify is not None:
+            await self.candidate.notify.wait_ready()
+            self._phase("notified", status=self.candidate.notify.status)
+        if config.health or config.health_url:
+            url = probe.probe_url(config.health, config.health_url, self.candidate.probe_port())
+            result = await probe.wait_healthy(self.session, url, deadline)
+            if not result.healthy:
+                raise GateFailed(self._health_failure(url, result))
+        elif config.ready != "notify":
+            # einhorn's default: the only readiness signal is "still running after --settle".
+            return
+
+    def _health_failure(self, url: str, result: probe.ProbeResult) -> str:
+        assert self.candidate is not None
+        waiting = (
+            accept_queue_length(self.candidate.probe) if self.candidate.probe is not None else 0
+        )
+        if not self.config.health_url and result.last_status is None and waiting > 0:
+            return (
+                f"generation {self.candidate.number} never accepted on its private probe "
+                f"listener (LISTEN_FDNAMES 'probe', after the --listen sockets): the server "
+                "must serve every inherited listener, or use --health-url to probe an "
+                "address it does serve"
+            )
+        detail = result.last_error or "no answer"
+        return (
+            f"health check {url} did not pass within --health-timeout "
+            f"{self.config.health_timeout:g}s (last: {detail}, {result.attempts} attempts)"
+        )
+
+    async def _canary(self) -> None:
+        """Keep probing the candidate while both serve; any failed probe rolls back."""
+        assert self.candidate is not None
+        end = self._loop.time() + self.config.canary
+        while self._loop.time() < end:
+            if self.config.health or self.config.health_url:
+                url = probe.probe_url(self.config.health, self.config.health_url,
+                                      self.candidate.probe_port())  # fmt: skip
+                result = await probe.wait_healthy(
+                    self.session, url, self._loop.time() + self.config.health_timeout
+                )
+                if not result.healthy:
+                    raise GateFailed(f"canary: {self._health_failure(url, result)}")
+            await asyncio.sleep(min(0.25, max(end - self._loop.time(), 0)))
+
+    async def _rollback(self, reason: str) -> None:
+        self.outcome.outcome = "rolled_back"
+        self.outcome.reason = reason
+        candidate = self.candidate
+        self.hooks.log.error(
+            "swap_rolled_back",
+            swap=self.outcome.swap_id,
+            reason=reason,
+            serving_generation=self.old.number,
+            serving_pid=self.old.pid,
+        )
+        if candidate is None:
+            return
+        self.hooks.rolled_back(candidate)
+        await stop_generation(candidate, self.config.drain_signal, self.config.stop_timeout,
+                              self.hooks.reaper, self.hooks.log, why="rollback")  # fmt: skip
+        self._phase("candidate_stopped")
+
+    async def _cutover(self) -> None:
+        assert self.candidate is not None
+        config = self.config
+        self.hooks.commit(self.candidate)  # the old generation is signalled right here
+        self.committed = True
+        self.outcome.outcome = "committed"
+        self.outcome.reason = "all gates passed"
+        self._phase("cutover", old_generation=self.old.number, old_pid=self.old.pid)
+        status = await stop_generation(self.old, config.drain_signal, config.drain_timeout,
+                                       self.hooks.reaper, self.hooks.log, why="drain",
+                                       already_signalled=True)  # fmt: skip
+        self._phase("old_exited", old_generation=self.old.number, old_pid=self.old.pid,
+                    old_status=describe_status(status))  # fmt: skip
+
+
+def file_sha256(path: str | int) -> str | None:
+    """The executable's hash for status; reads through an fd when given one."""
+    import os
+
+    try:
+        fd = os.dup(path) if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    digest = hashlib.sha256()
+    try:
+        offset = 0
+        while True:
+            chunk = os.pread(fd, 1 << 20, offset)
+            if not chunk:
+                break
+            digest.update(chunk)
+            offset += len(chunk)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
