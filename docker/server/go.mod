@@ -1,0 +1,3 @@
+module hotswapd.example/server
+
+go 1.21
