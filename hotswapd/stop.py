@@ -44,22 +44,19 @@ async def stop_generation(
     assert gen.exited is not None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
-    if not already_signalled and gen.alive:
-        log.info("stop_signal_sent", generation=gen.number, pid=gen.pid, signal=signame(sig),
-                 why=why, timeout_s=grace)  # fmt: skip
-        send(gen.pid, sig)
-    try:
-        status = await asyncio.wait_for(asyncio.shield(gen.exited), max(grace, 0))
-    except TimeoutError:
-        log.warning(
-            "stop_timeout_kill",
-            generation=gen.number,
-            pid=gen.pid,
-            timeout_s=grace,
-            why=why,
-            fix="raise --stop-timeout/--drain-timeout if the server needs longer",
-        )
-        kill_group(gen.pid)
+    if gen.alive:
+        if not already_signalled:
+            log.info("stop_signal_sent", generation=gen.number, pid=gen.pid,
+                     signal=signame(sig), why=why, timeout_s=grace)  # fmt: skip
+            send(gen.pid, sig)
+        try:
+            status = await asyncio.wait_for(asyncio.shield(gen.exited), max(grace, 0))
+        except TimeoutError:
+            log.warning("stop_timeout_kill", generation=gen.number, pid=gen.pid, timeout_s=grace,
+                        why=why, fix="raise --stop-timeout/--drain-timeout if it needs longer")
+            kill_group(gen.pid)
+            status = await gen.exited
+    else:
         status = await gen.exited
     # The leader is gone; give the rest of its group what is left of the grace period.
     if group_alive(gen.pid):

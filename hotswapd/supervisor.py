@@ -22,7 +22,7 @@ from hotswapd.errors import EXIT_FAILURE, SpawnError, describe_status, exit_stat
 from hotswapd.generation import Generation, launch
 from hotswapd.listeners import Listener
 from hotswapd.notify import NotifySocket
-from hotswapd.reaper import Reaper
+from hotswapd.reaper import Reaper, group_alive
 from hotswapd.spawn import Credentials
 from hotswapd.states import TRANSITIONS, GenState, State
 from hotswapd.stop import send, stop_generation
@@ -132,6 +132,8 @@ class Supervisor:
         self.restart_delay = RESTART_BACKOFF_START_S
         self.is_pid1 = os.getpid() == 1
         self.session: Any = None
+        self.watcher: Any = None  # set by run.py when --watch is given
+        self.started_at = time.time()
         self.listeners_swap_hooks: list[Callable[[SwapOutcome], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         first.state = GenState.ACTIVE
@@ -481,12 +483,15 @@ class Supervisor:
         swap_task = self.swap_task
         candidate = self.swap.candidate if self.swap is not None else None
         stoppers = []
-        for gen in self._live():
+        for gen in list(self.generations.values()):
             if gen is candidate and self.swap is not None and not self.swap.committed:
                 continue  # the transaction rolls its candidate back itself
             if gen.state is GenState.DRAINING:
                 continue  # already signalled; the transaction waits for it
-            gen.state = GenState.STOPPING
+            if not gen.alive and not group_alive(gen.pid):
+                continue
+            if gen.alive:
+                gen.state = GenState.STOPPING
             stoppers.append(stop_generation(gen, sig, self.config.stop_timeout, self.reaper,
                                             self.log, why="hotswapd stopping"))  # fmt: skip
         await asyncio.gather(*stoppers)

@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 GO_SERVER_SRC = REPO / "docker" / "server"
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 10.0, what: str | Callable[[], str] = "condition"
+) -> T:
     """Poll `predicate` until it returns something truthy, so tests never sleep blindly."""
     deadline = time.monotonic() + timeout
     delay = 0.002
@@ -24,7 +26,8 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "c
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {described}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.05)
 

@@ -1,0 +1,45 @@
+"""Fixtures: a factory for hotswapd runs that are always torn down, and built Go servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Hotswapd
+from tests.helpers import REPO, build_go_server
+
+_BUILD = REPO / "build" / "test-servers"
+
+
+@pytest.fixture
+def hotswapd() -> Iterator[Any]:
+    """Start hotswapd runs; each is killed with its whole tree at teardown."""
+    runs: list[Hotswapd] = []
+
+    def start(options: list[str], command: list[str], **kwargs: Any) -> Hotswapd:
+        run = Hotswapd(options, command, **kwargs)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.kill_tree()
+
+
+@pytest.fixture(scope="session")
+def go_server() -> Any:
+    """Build the example Go server once per variant (version and -X knobs)."""
+    cache: dict[tuple[str, str], Path] = {}
+
+    def build(version: str = "v1", knobs: str = "") -> Path:
+        key = (version, knobs)
+        if key not in cache:
+            _BUILD.mkdir(parents=True, exist_ok=True)
+            name = f"server-{version}" + (f"-{abs(hash(knobs))}" if knobs else "")
+            cache[key] = build_go_server(_BUILD / name, version, knobs)
+        return cache[key]
+
+    return build

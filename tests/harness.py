@@ -1,0 +1,225 @@
+"""Run hotswapd for real: as PID 1 of a new pid namespace, or as a plain subreaper.
+
+Tests read what hotswapd logs (JSON lines on stderr) and what the child prints
+(stdout), and wait on those lines with deadlines; they never sleep blindly.
+Teardown kills the whole process tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import REPO, wait_until
+
+HOTSWAPD = [sys.executable, "-m", "hotswapd"]
+CHILD = [sys.executable, str(REPO / "tests" / "children" / "child.py")]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every descendant of `pid` (outside pids), depth first."""
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as handle:
+                    kids = [int(k) for k in handle.read().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            stack.extend(kids)
+    return found
+
+
+def ns_pid(outside: int) -> int | None:
+    """The pid a process has inside its innermost pid namespace."""
+    try:
+        with open(f"/proc/{outside}/status") as handle:
+            for line in handle:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except OSError:
+        return None
+    return None
+
+
+def proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+class Hotswapd:
+    """One hotswapd run; `pid` is hotswapd's own pid as seen from the test."""
+
+    def __init__(
+        self,
+        options: Sequence[str],
+        command: Sequence[str],
+        pid1: bool = True,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        stdin: int | None = subprocess.DEVNULL,
+    ) -> None:
+        full_env = dict(os.environ)
+        full_env.setdefault("HOTSWAPD_LOG_FORMAT", "json")
+        full_env["PYTHONPATH"] = str(REPO)
+        full_env.pop("HOTSWAPD_CONTROL_SOCKET", None)
+        if env:
+            full_env.update(env)
+        argv = [*HOTSWAPD, *options, "--", *command]
+        if pid1:
+            argv = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *argv]
+        self.argv = argv
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=cwd,
+            stdin=stdin, start_new_session=True,
+        )  # fmt: skip
+        self.pid1 = pid1
+        self.logs: list[dict[str, Any]] = []
+        self.stderr_lines: list[str] = []
+        self.stdout_lines: list[str] = []
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stderr, True), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stdout, False), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        self.pid = self._find_pid()
+
+    def _find_pid(self) -> int:
+        if not self.pid1:
+            return self.proc.pid
+
+        def child_of_unshare() -> int | None:
+            kids = descendants(self.proc.pid)
+            return kids[0] if kids else None
+
+        if self.proc.poll() is not None:
+            return -1
+        try:
+            return wait_until(child_of_unshare, 10, "hotswapd to start in its pid namespace")
+        except AssertionError:
+            return -1
+
+    def _pump(self, stream: Any, is_stderr: bool) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._lock:
+                if is_stderr:
+                    self.stderr_lines.append(line)
+                    if line.startswith("{"):
+                        try:
+                            self.logs.append(json.loads(line))
+                        except ValueError:
+                            pass
+                else:
+                    self.stdout_lines.append(line)
+
+    # ------------------------------------------------------------ reading
+
+    def events(self, event: str, **match: Any) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                entry for entry in self.logs
+                if entry.get("event") == event
+                and all(entry.get(key) == value for key, value in match.items())
+            ]  # fmt: skip
+
+    def wait_event(self, event: str, timeout: float = 15, count: int = 1,
+                   **match: Any) -> dict[str, Any]:  # fmt: skip
+        found = wait_until(
+            lambda: len(self.events(event, **match)) >= count and self.events(event, **match),
+            timeout,
+            lambda: f"log event {event} {match} x{count}\n{self.tail()}",
+        )
+        return found[count - 1]
+
+    def stdout_matching(self, predicate: Callable[[str], bool]) -> list[str]:
+        with self._lock:
+            return [line for line in self.stdout_lines if predicate(line)]
+
+    def wait_stdout(self, text: str, timeout: float = 15, count: int = 1) -> list[str]:
+        return wait_until(
+            lambda: len(found := self.stdout_matching(lambda line: text in line)) >= count
+            and found,
+            timeout,
+            lambda: f"child output {text!r} x{count}\n{self.tail()}",
+        )
+
+    def tail(self, lines: int = 25) -> str:
+        with self._lock:
+            return "stderr:\n" + "\n".join(self.stderr_lines[-lines:]) + "\nstdout:\n" + "\n".join(
+                self.stdout_lines[-lines:]
+            )
+
+    def children(self) -> list[int]:
+        """Outside pids of hotswapd's live descendants."""
+        return [pid for pid in descendants(self.pid) if proc_state(pid) not in (None, "Z")]
+
+    def outside_pid(self, inside: int) -> int:
+        """Map a pid from hotswapd's logs to the test's view of it."""
+        if not self.pid1:
+            return inside
+        for pid in descendants(self.pid):
+            if ns_pid(pid) == inside:
+                return pid
+        raise LookupError(f"no descendant with namespace pid {inside}")
+
+    def zombies(self) -> list[int]:
+        return [pid for pid in descendants(self.pid) if proc_state(pid) == "Z"]
+
+    # ------------------------------------------------------------ acting
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.proc.wait(timeout)
+        for thread in self._threads:
+            thread.join(5)
+        return code
+
+    def kill_tree(self) -> None:
+        if self.proc.poll() is None:
+            for pid in [self.pid, *descendants(self.proc.pid)]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait(10)
+        for thread in self._threads:
+            thread.join(5)
+
+
+def run_to_exit(options: Sequence[str], command: Sequence[str], timeout: float = 30,
+                **kwargs: Any) -> tuple[int, Hotswapd]:  # fmt: skip
+    """Run hotswapd until it exits by itself; returns its exit code and the run."""
+    run = Hotswapd(options, command, **kwargs)
+    try:
+        return run.wait(timeout), run
+    except subprocess.TimeoutExpired:
+        run.kill_tree()
+        raise
