@@ -111,6 +111,8 @@ async def _main(
     supervisor = Supervisor(config, listeners, first, environ, credentials, log)
     signals.install(loop, supervisor.on_signal, supervisor.reaper.reap)
     sources = await _start_sources(config, supervisor, log)
+    log.info("supervising", generation=first.number, pid=first.pid,
+             swap_signal=signals.name(config.swap_signal))  # fmt: skip
     try:
         return await supervisor.run()
     finally:

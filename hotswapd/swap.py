@@ -187,7 +187,9 @@ class SwapTransaction:
         self.outcome.new_generation = self.candidate.number
         self.outcome.new_pid = self.candidate.pid
         self._phase("spawned", executable=self.candidate.executable)
-        await self._guard(self._ready(), config.health_timeout, "the readiness gate")
+        # _ready enforces --health-timeout itself, with a precise reason; the guard's
+        # own limit is only a backstop.
+        await self._guard(self._ready(), config.health_timeout + 5, "the readiness gate")
         self._phase("ready")
         if config.settle > 0:
             await self._guard(asyncio.sleep(config.settle), None, "the settle window")
@@ -224,7 +226,15 @@ class SwapTransaction:
         config = self.config
         deadline = self._loop.time() + config.health_timeout
         if config.ready == "notify" and self.candidate.notify is not None:
-            await self.candidate.notify.wait_ready()
+            try:
+                await asyncio.wait_for(self.candidate.notify.wait_ready(),
+                                       max(deadline - self._loop.time(), 0))  # fmt: skip
+            except TimeoutError:
+                raise GateFailed(
+                    f"generation {self.candidate.number} sent no READY=1 within --health-timeout "
+                    f"{config.health_timeout:g}s (--ready notify: the server must notify "
+                    "NOTIFY_SOCKET once it serves)"
+                ) from None
             self._phase("notified", status=self.candidate.notify.status)
         if config.health or config.health_url:
             url = probe.probe_url(config.health, config.health_url, self.candidate.probe_port())

@@ -153,6 +153,11 @@ class Hotswapd:
         )
         return found[count - 1]
 
+    def port(self, name: str = "http") -> int:
+        """The port a listener was bound to (tests bind port 0 and read it from the log)."""
+        event = self.wait_event("listening", name=name)
+        return int(str(event["address"]).rsplit(":", 1)[1])
+
     def stdout_matching(self, predicate: Callable[[str], bool]) -> list[str]:
         with self._lock:
             return [line for line in self.stdout_lines if predicate(line)]
