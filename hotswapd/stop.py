@@ -52,8 +52,14 @@ async def stop_generation(
         try:
             status = await asyncio.wait_for(asyncio.shield(gen.exited), max(grace, 0))
         except TimeoutError:
-            log.warning("stop_timeout_kill", generation=gen.number, pid=gen.pid, timeout_s=grace,
-                        why=why, fix="raise --stop-timeout/--drain-timeout if it needs longer")
+            log.warning(
+                "stop_timeout_kill",
+                generation=gen.number,
+                pid=gen.pid,
+                timeout_s=grace,
+                why=why,
+                fix="raise --stop-timeout/--drain-timeout if it needs longer",
+            )
             kill_group(gen.pid)
             status = await gen.exited
     else:

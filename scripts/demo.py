@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ def install(src: Path, dest: Path) -> None:
     staged = dest.with_name(dest.name + ".new")
     shutil.copy2(src, staged)
     os.replace(staged, dest)
+
+
+def passed(deadline: float) -> bool:
+    return time.monotonic() >= deadline
 
 
 def main() -> int:
@@ -62,14 +67,14 @@ def main() -> int:
         with Load(port, connections=8) as load:
             for step, version in enumerate(("v2", "v3-bad"), start=1):
                 deadline = time.monotonic() + args.seconds
-                wait_until(lambda d=deadline: time.monotonic() >= d, args.seconds + 5, "load")
+                wait_until(partial(passed, deadline), args.seconds + 5, "load")
                 install(builds[version], program)
                 print(f"swap {step}: installed {version}, sending SIGUSR2 ...")
                 run.signal(signal.SIGUSR2)
                 outcome = run.wait_event("swap_finished", count=step, timeout=30)
                 swaps.append({"to": version, **outcome})
             deadline = time.monotonic() + args.seconds
-            wait_until(lambda: time.monotonic() >= deadline, args.seconds + 5, "load")
+            wait_until(partial(passed, deadline), args.seconds + 5, "load")
             result = load.stop()
         run.signal(signal.SIGTERM)
         exit_code = run.wait(30)

@@ -7,6 +7,7 @@ Teardown kills the whole process tree.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -116,7 +117,8 @@ class Hotswapd:
         if self.proc.poll() is not None:
             return -1
         try:
-            return wait_until(child_of_unshare, 10, "hotswapd to start in its pid namespace")
+            pid: int = wait_until(child_of_unshare, 10, "hotswapd to start in its pid namespace")
+            return pid
         except AssertionError:
             return -1
 
@@ -127,10 +129,8 @@ class Hotswapd:
                 if is_stderr:
                     self.stderr_lines.append(line)
                     if line.startswith("{"):
-                        try:
+                        with contextlib.suppress(ValueError):
                             self.logs.append(json.loads(line))
-                        except ValueError:
-                            pass
                 else:
                     self.stdout_lines.append(line)
 
@@ -151,7 +151,8 @@ class Hotswapd:
             timeout,
             lambda: f"log event {event} {match} x{count}\n{self.tail()}",
         )
-        return found[count - 1]
+        entry: dict[str, Any] = found[count - 1]
+        return entry
 
     def port(self, name: str = "http") -> int:
         """The port a listener was bound to (tests bind port 0 and read it from the log)."""
@@ -163,17 +164,22 @@ class Hotswapd:
             return [line for line in self.stdout_lines if predicate(line)]
 
     def wait_stdout(self, text: str, timeout: float = 15, count: int = 1) -> list[str]:
-        return wait_until(
-            lambda: len(found := self.stdout_matching(lambda line: text in line)) >= count
-            and found,
+        lines: list[str] = wait_until(
+            lambda: (
+                len(found := self.stdout_matching(lambda line: text in line)) >= count and found
+            ),
             timeout,
             lambda: f"child output {text!r} x{count}\n{self.tail()}",
         )
+        return lines
 
     def tail(self, lines: int = 25) -> str:
         with self._lock:
-            return "stderr:\n" + "\n".join(self.stderr_lines[-lines:]) + "\nstdout:\n" + "\n".join(
-                self.stdout_lines[-lines:]
+            return (
+                "stderr:\n"
+                + "\n".join(self.stderr_lines[-lines:])
+                + "\nstdout:\n"
+                + "\n".join(self.stdout_lines[-lines:])
             )
 
     def children(self) -> list[int]:
@@ -206,14 +212,10 @@ class Hotswapd:
     def kill_tree(self) -> None:
         if self.proc.poll() is None:
             for pid in [self.pid, *descendants(self.proc.pid)]:
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             self.proc.wait(10)
         for thread in self._threads:
             thread.join(5)

@@ -7,17 +7,15 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 GO_SERVER_SRC = REPO / "docker" / "server"
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 10.0, what: str | Callable[[], str] = "condition"
-) -> T:
+    predicate: Callable[[], Any], timeout: float = 10.0, what: str | Callable[[], str] = "condition"
+) -> Any:
     """Poll `predicate` until it returns something truthy, so tests never sleep blindly."""
     deadline = time.monotonic() + timeout
     delay = 0.002

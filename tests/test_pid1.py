@@ -50,7 +50,8 @@ def test_missing_program_exits_127_with_one_line(tmp_path: Path) -> None:
     """A missing program is one stderr line naming it, and exit 127."""
     exit_code, run = run_to_exit([], [str(tmp_path / "nope")])
     assert exit_code == 127
-    assert run.stderr_lines == [f"hotswapd: cannot run '{tmp_path / 'nope'}': No such file or directory"]
+    missing = tmp_path / "nope"
+    assert run.stderr_lines == [f"hotswapd: cannot run '{missing}': No such file or directory"]
 
 
 def test_directory_as_program_exits_126(tmp_path: Path) -> None:
@@ -194,7 +195,7 @@ def test_sigterm_at_the_instant_of_start_still_stops(hotswapd: Start) -> None:
     for _ in range(3):
         run = hotswapd(["--stop-timeout", "5s"], [*CHILD])
         assert run.pid > 0
-        wait_until(lambda r=run: descendants(r.pid), 10, "the child to be forked")
+        wait_until(lambda: descendants(run.pid), 10, "the child to be forked")  # noqa: B023
         run.signal(signal.SIGTERM)
         code = run.wait(20)
         # The child either had its handler in (exit 0) or was killed by the TERM (143).
@@ -337,9 +338,11 @@ def test_subreaper_when_not_pid1(hotswapd: Start) -> None:
 
 def test_child_has_exactly_stdio_and_listeners_and_clean_signals(hotswapd: Start) -> None:
     """The child holds fds 0, 1, 2 and the listeners only; its mask and ignores are empty."""
-    run = hotswapd(["--listen", "http=tcp://127.0.0.1:0", "--listen", "tcp://127.0.0.1:0"],
-                   ["/bin/sh", "-c", "echo ready $$; exec sleep 300"],
-                   env={"LISTEN_FDS": "9", "LISTEN_PID": "99999", "NOTIFY_SOCKET": "/x"})
+    run = hotswapd(
+        ["--listen", "http=tcp://127.0.0.1:0", "--listen", "tcp://127.0.0.1:0"],
+        ["/bin/sh", "-c", "echo ready $$; exec sleep 300"],
+        env={"LISTEN_FDS": "9", "LISTEN_PID": "99999", "NOTIFY_SOCKET": "/x"},
+    )
     inside = int(run.wait_stdout("ready")[0].split()[1])
     child = run.outside_pid(inside)
     assert sorted(int(fd) for fd in os.listdir(f"/proc/{child}/fd")) == [0, 1, 2, 3, 4, 5]
@@ -424,7 +427,7 @@ def test_gunicorn_serves_on_the_inherited_socket(hotswapd: Start) -> None:
                    [gunicorn, "--workers", "1", "--chdir", str(REPO / "tests" / "children"),
                     "wsgi:app"])  # fmt: skip
     port = listen_port(run)
-    body = wait_until(lambda: _try_get(port), 30, "gunicorn answering")
+    body: str = wait_until(lambda: _try_get(port), 30, "gunicorn answering")
     assert body.startswith("hello from gunicorn")
     run.signal(signal.SIGTERM)
     assert run.wait() == 0
@@ -445,10 +448,16 @@ def test_adopts_sockets_passed_to_hotswapd_itself(tmp_path: Path) -> None:
     port = sock.getsockname()[1]
     fd = sock.fileno()
     command = " ".join([*HOTSWAPD, "--", *CHILD])
-    script = f'exec 3<&{fd}; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web exec {command}'
+    script = f"exec 3<&{fd}; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web exec {command}"
     env = dict(os.environ, PYTHONPATH=str(REPO), HOTSWAPD_LOG_FORMAT="json")
-    proc = subprocess.Popen(["bash", "-c", script], pass_fds=[fd], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", script],
+        pass_fds=[fd],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     sock.close()
     try:
         assert proc.stdout is not None

@@ -85,7 +85,7 @@ def test_twenty_swaps_under_load_drop_nothing(hotswapd: Start, program: Path,
             status, answered_by, _ = fetch(port)
             assert (status, answered_by) == (200, str(pids[-1]))
             count = load.count()
-            wait_until(lambda c=count: load.count() > c + 20, 10, "load still flowing")
+            wait_until(lambda: load.count() > count + 20, 10, "load still flowing")  # noqa: B023
         result = load.stop()
     assert result.failures == []
     assert result.ok > 1000
@@ -234,9 +234,10 @@ def test_rollback_when_health_never_passes(hotswapd: Start, program: Path, go_se
     assert "(last: answered HTTP 503" in outcome["reason"]
     assert "--health-timeout 3s" in outcome["reason"]
     assert_untouched(run, port, pid, outcome)
-    assert result.failures == [] or all("503" in failure for failure in result.failures)
+    assert result.failures == []
     stopped = run.events("swap_candidate_stopped")
-    assert stopped and stopped[0]["generation"] == 2
+    assert stopped
+    assert stopped[0]["generation"] == 2
 
 
 def test_rollback_when_listen_pid_check_fails(hotswapd: Start, program: Path, go_server: Any,
@@ -303,8 +304,7 @@ def test_canary_failure_rolls_back(hotswapd: Start, program: Path, go_server: An
 # ----------------------------------------------------------------------------- one at a time
 
 
-def test_swap_storm_coalesces_and_never_leaves_three_generations(hotswapd: Start,
-                                                                  program: Path) -> None:  # fmt: skip
+def test_swap_storm_coalesces_and_never_leaves_three(hotswapd: Start, program: Path) -> None:
     """10 SIGUSR2 in 50 ms: one swap plus one coalesced follow-up; never 3 generations alive."""
     run, _, _ = start_server(hotswapd, program)
     for _ in range(10):
@@ -332,7 +332,7 @@ def test_swap_storm_coalesces_and_never_leaves_three_generations(hotswapd: Start
 def test_sd_notify_with_systemd_notify(hotswapd: Start, tmp_path: Path) -> None:
     """--ready notify: systemd-notify's READY=1 (with its BARRIER fd closed) gates the swap."""
     script = tmp_path / "server.sh"
-    script.write_text("#!/bin/sh\nsystemd-notify --ready --status=\"up $$\"\nexec sleep 300\n")
+    script.write_text('#!/bin/sh\nsystemd-notify --ready --status="up $$"\nexec sleep 300\n')
     script.chmod(0o755)
     run = hotswapd(["--ready", "notify", *FAST, "--health-timeout", "10s"], [str(script)])
     run.wait_event("supervising")
@@ -395,7 +395,8 @@ def test_fd_and_port_templates_in_argv_and_env(hotswapd: Start) -> None:
     line = run.wait_stdout("fd=")[0]
     fd, http_port, probe = (part.split("=")[1] for part in line.split())
     assert (fd, int(http_port)) == ("3", port)
-    assert int(probe) > 0 and int(probe) != port
+    assert int(probe) > 0
+    assert int(probe) != port
     swap(run, 1)
     second = run.wait_stdout("fd=", count=2)[1]
     assert second.split()[2] != line.split()[2]  # each generation has its own probe port
@@ -436,10 +437,12 @@ def test_thousand_swaps_keep_fds_and_rss_flat(hotswapd: Start) -> None:
         while swaps_done() < target:
             before = swaps_done()
             run.signal(signal.SIGUSR2)
-            wait_until(lambda b=before: swaps_done() > b, 10, "swap finished")
+            wait_until(lambda: swaps_done() > before, 10, "swap finished")  # noqa: B023
         figures[target] = (fds(), rss_kib())
-    print(f"\nafter 100 swaps: {figures[100][0]} fds, {figures[100][1]} KiB RSS; "
-          f"after 1000: {figures[1000][0]} fds, {figures[1000][1]} KiB RSS")
+    print(
+        f"\nafter 100 swaps: {figures[100][0]} fds, {figures[100][1]} KiB RSS; "
+        f"after 1000: {figures[1000][0]} fds, {figures[1000][1]} KiB RSS"
+    )
     assert figures[1000][0] == figures[100][0]
     assert figures[1000][1] - figures[100][1] < 4096  # under 4 MiB of growth over 900 swaps
     assert run.zombies() == []

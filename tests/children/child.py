@@ -34,7 +34,8 @@ def main() -> int:
         fds = sorted(int(fd) for fd in os.listdir(dirfd) if int(fd) != dirfd)
         os.close(dirfd)
         say("fds " + " ".join(str(fd) for fd in fds))
-        status = open("/proc/self/status").read()
+        with open("/proc/self/status") as handle:
+            status = handle.read()
         for line in status.splitlines():
             if line.startswith(("SigBlk", "SigIgn")):
                 say(line.replace("\t", " "))
@@ -50,7 +51,7 @@ def main() -> int:
             os.wait()
         say(f"orphans {args.orphans}")
     if args.exit is not None:
-        return args.exit
+        return int(args.exit)
     if args.die_by:
         sig = getattr(signal, "SIG" + args.die_by)
         if sig != signal.SIGKILL:
@@ -60,7 +61,8 @@ def main() -> int:
         return 99
 
     def handler(sig: int, _frame: object) -> None:
-        name = signal.Signals(sig).name if sig < signal.SIGRTMIN else f"SIGRTMIN+{sig - signal.SIGRTMIN}"
+        rt = sig - signal.SIGRTMIN
+        name = signal.Signals(sig).name if rt < 0 else f"SIGRTMIN+{rt}"
         say(f"signal {name}")
         if sig in (signal.SIGTERM, signal.SIGINT) and not args.ignore_term:
             sys.exit(args.term_exit)
