@@ -110,7 +110,14 @@ async def _main(
     loop = asyncio.get_running_loop()
     supervisor = Supervisor(config, listeners, first, environ, credentials, log)
     signals.install(loop, supervisor.on_signal, supervisor.reaper.reap)
-    sources = await _start_sources(config, supervisor, log)
+    sources: list[Any] = []
+    try:
+        sources = await _start_sources(config, supervisor, log, sources)
+    except HotswapdError as exc:
+        # Generation 1 already runs: stop it the normal way rather than orphan it.
+        from hotswapd.supervisor import StopRequested
+
+        supervisor.post(StopRequested(exc.exit_code, str(exc)))
     log.info("supervising", generation=first.number, pid=first.pid,
              swap_signal=signals.name(config.swap_signal))  # fmt: skip
     try:
@@ -121,9 +128,10 @@ async def _main(
         signals.uninstall(loop)
 
 
-async def _start_sources(config: Config, supervisor: Any, log: Any) -> list[Any]:
-    """Start the optional event sources; each gives back its async close function."""
-    closers: list[Any] = []
+async def _start_sources(
+    config: Config, supervisor: Any, log: Any, closers: list[Any]
+) -> list[Any]:
+    """Start the optional event sources, adding each one's async close function to `closers`."""
     if config.watch:
         from hotswapd.supervisor import SignalRequested, SwapRequested
         from hotswapd.watch import Watcher

@@ -78,9 +78,15 @@ class StopFinished:
     pass
 
 
+@dataclass(frozen=True)
+class StopRequested:
+    exit_code: int
+    reason: str
+
+
 Event = (
     SignalReceived | ChildExited | SwapRequested | SwapFinished | SignalRequested | RestartDue
-    | StopFinished
+    | StopFinished | StopRequested
 )  # fmt: skip
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -209,6 +215,8 @@ class Supervisor:
                 self.handle_restart_due(event)
             case StopFinished():
                 self.handle_stop_finished(event)
+            case StopRequested():
+                self.handle_stop_requested(event)
 
     async def _close(self) -> None:
         for task in list(self._tasks):
@@ -505,6 +513,10 @@ class Supervisor:
             status = self.active.status
             self.exit_code = exit_status(status) if status is not None else EXIT_FAILURE
         self.post(StopFinished())
+
+    def handle_stop_requested(self, event: StopRequested) -> None:
+        self.log.error("stopping", reason=event.reason, exit_code=event.exit_code)
+        self._begin_stop(self.config.stop_signal or signal.SIGTERM, exit_code=event.exit_code)
 
     def handle_stop_finished(self, event: StopFinished) -> None:
         self.log.info(

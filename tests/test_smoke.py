@@ -15,7 +15,8 @@ from tests.harness import CHILD, run_to_exit
 
 def test_every_module_imports() -> None:
     """Every hotswapd module imports, pyinotify included (pyasyncore on 3.12+)."""
-    names = [path.stem for path in (Path(__file__).parent.parent / "hotswapd").glob("*.py")]
+    package = Path(__file__).parent.parent / "hotswapd"
+    names = [path.stem for path in package.glob("*.py") if path.stem != "__main__"]
     for name in names:
         importlib.import_module(f"hotswapd.{name}" if name != "__init__" else "hotswapd")
     if sys.version_info >= (3, 12):
