@@ -147,4 +147,11 @@ async def _start_sources(
         await watcher.start()
         supervisor.watcher = watcher
         closers.append(watcher.close)
+    from hotswapd.control import start_control
+
+    closers.append(await start_control(config, supervisor, log))
+    if config.metrics:
+        from hotswapd.metrics import start_metrics
+
+        closers.append(await start_metrics(config, supervisor, log))
     return closers

@@ -1,0 +1,225 @@
+"""`hotswapd ctl`: the client of the control socket (status, reload, rollback, signal).
+
+Every failure is one line that says what to do: no hotswapd listening, a socket this user
+may not open, a swap that was rolled back (with the reason, exit 1). `reload --wait` and
+`rollback --wait` print each phase as hotswapd reports it, so a CI job's log shows where a
+bad build stopped. `status` prints a table unless `--json` is given (scripts: always
+pass `--json`; the table is for people and may change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import json
+import os
+import sys
+import time
+from typing import Any, NoReturn
+
+import aiohttp
+
+from hotswapd.config import format_size
+from hotswapd.control import client_path
+from hotswapd.errors import EXIT_FAILURE, EXIT_OK, HotswapdError, UsageError
+
+_PHASE_WORDS = {
+    "checked": "program checked", "spawned": "spawned", "notified": "READY=1 received",
+    "ready": "ready (health check passed)", "settled": "settled", "memory_ok": "memory ok",
+    "canary_ok": "canary ok", "cutover": "cutover", "old_exited": "old generation exited",
+    "candidate_stopped": "candidate stopped",
+}  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"ctl: {message} (see 'hotswapd ctl --help')")
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--control-socket",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="the socket hotswapd listens on (env HOTSWAPD_CONTROL_SOCKET)",
+    )
+    top = _Parser(
+        prog="hotswapd ctl",
+        parents=[common],
+        description="Talk to a running hotswapd through its control socket.",
+    )
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    status = sub.add_parser("status", parents=[common], help="generations, last swap, watch")
+    status.add_argument("--json", action="store_true", help="print the status document")
+    for name, text in (
+        ("reload", "swap to a new generation of the program"),
+        ("rollback", "swap back to the previous committed generation's binary"),
+    ):
+        cmd = sub.add_parser(name, parents=[common], help=text)
+        cmd.add_argument(
+            "--wait",
+            action="store_true",
+            help="show each phase; exit 0 when committed, 1 when rolled back",
+        )
+    signal = sub.add_parser("signal", parents=[common], help="send a signal to the active one")
+    signal.add_argument("signal", metavar="NAME", help="HUP, SIGUSR1, 10, ...")
+    return top  # fmt: skip
+
+
+class Client:
+    """One connection target; turns transport errors into the two one-line messages."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _session(self, timeout: float | None) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=self.path),
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=5),
+        )
+
+    def _fail(self, exc: BaseException) -> HotswapdError:
+        err = getattr(exc, "os_error", exc)
+        code = getattr(err, "errno", None)
+        if code in (errno.EACCES, errno.EPERM):
+            return self.denied()
+        if code in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
+            return HotswapdError(f"no hotswapd is listening on {self.path} "
+                                 "(is it running? is --control-socket the same?)")  # fmt: skip
+        return HotswapdError(f"control socket {self.path}: {exc or type(exc).__name__}")
+
+    def denied(self) -> HotswapdError:
+        return HotswapdError(f"permission denied on {self.path} "
+                             "(run as the user hotswapd runs as, usually root)")  # fmt: skip
+
+    async def get_json(self, route: str) -> dict[str, Any]:
+        try:
+            async with self._session(30) as session, session.get(f"http://hotswapd{route}") as r:
+                return await self._json(r)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._fail(exc) from None
+
+    async def post(self, route: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """POST and read the answer: one JSON object, or the lines of a --wait stream."""
+        lines: list[dict[str, Any]] = []
+        try:
+            async with (
+                self._session(None) as session,
+                session.post(f"http://hotswapd{route}", json=body) as response,
+            ):
+                if response.content_type != "application/x-ndjson":
+                    return [await self._json(response)]
+                async for raw in response.content:
+                    if raw.strip():
+                        lines.append(json.loads(raw))
+                        show_line(lines[-1])
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._fail(exc) from None
+        return lines
+
+    async def _json(self, response: aiohttp.ClientResponse) -> dict[str, Any]:
+        if response.status == 403:
+            raise self.denied()
+        data: dict[str, Any] = await response.json(content_type=None)
+        if response.status >= 400:
+            raise HotswapdError(f"ctl: {data.get('error', response.reason)}")
+        return data
+
+
+def show_line(line: dict[str, Any]) -> None:
+    """Print one streamed phase as it arrives (stdout is flushed: CI logs show it live)."""
+    if "phase" not in line:
+        return
+    phase = line["phase"]
+    what = _PHASE_WORDS.get(phase, phase)
+    where = f"generation {line['generation']} pid {line['pid']}" if "pid" in line else ""
+    if phase in ("cutover", "old_exited"):
+        where += f" (old: generation {line.get('old_generation')} pid {line.get('old_pid')})"
+    print(f"  {line.get('phase_s', 0):7.3f}s  {what:<28} {where}".rstrip(), flush=True)
+
+
+def finish(lines: list[dict[str, Any]], kind: str) -> int:
+    """Exit 0 when the swap committed, 1 (and the reason on stderr) otherwise."""
+    final = lines[-1] if lines else {}
+    if "outcome" not in final:
+        print(f"hotswapd: {kind}: {final.get('error', 'no outcome received')}", file=sys.stderr)
+        return EXIT_FAILURE
+    outcome = final["outcome"]
+    if outcome["outcome"] == "committed":
+        print(f"committed: generation {outcome['new_generation']} (pid {outcome['new_pid']}) is "
+              f"serving, in {sum(outcome['phases'].values()):.3f}s")  # fmt: skip
+        return EXIT_OK
+    verb = "refused" if outcome["outcome"] == "refused" else "rolled back"
+    serving = f"; generation {outcome['old_generation']} keeps serving" if outcome.get(
+        "old_generation") else ""  # fmt: skip
+    print(f"hotswapd: {kind} {verb}: {outcome['reason']}{serving}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _age(started_at: float) -> str:
+    seconds = int(time.time() - started_at)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def render_table(status: dict[str, Any]) -> str:
+    """The human view of the status document."""
+    own = status["hotswapd"]
+    out = [f"hotswapd pid {own['pid']}{' (PID 1)' if own['pid1'] else ''}, {own['state']}, "
+           f"up {_age(own['started_at'])}, control {own['control_socket']}", "",
+           f"  {'GEN':>4}  {'PID':>7}  {'STATE':<11} {'AGE':>7}  {'RSS':>10}  "
+           f"{'SHA256':<12}  EXECUTABLE"]  # fmt: skip
+    for gen in status["generations"]:
+        mark = "*" if gen["generation"] == status["active"]["generation"] else " "
+        out.append(f" {mark}{gen['generation']:>4}  {gen['pid']:>7}  {gen['state']:<11} "
+                   f"{_age(gen['started_at']):>7}  {format_size(gen['rss_bytes']):>10}  "
+                   f"{(gen['sha256'] or '?')[:12]:<12}  {gen['executable']}")  # fmt: skip
+    swap = status["last_swap"]
+    out.append("")
+    if swap is None:
+        out.append("last swap: none yet")
+    else:
+        out.append(f"last swap: #{swap['swap_id']} {swap['outcome']} ({swap['trigger']}): "
+                   f"{swap['reason']}")  # fmt: skip
+        out.append("  " + ", ".join(f"{k} {v:.3f}s" for k, v in swap["phases"].items()))
+    watch = status["watch"]
+    out.append(f"watch: {watch['mode']}" + (f" ({watch['reason']})" if watch.get("reason") else ""))
+    for entry in watch["paths"]:
+        entry = entry if isinstance(entry, dict) else {"path": entry}
+        details = ", ".join(f"{key} {value}" for key, value in entry.items() if key != "path")
+        out.append(f"  {entry['path']}" + (f" ({details})" if details else ""))
+    counters = {**status["counters"], "orphans_reaped": status["orphans_reaped"]}
+    out.append(
+        "counters: "
+        + ", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in counters.items() if not isinstance(v, dict)
+        )
+    )
+    return "\n".join(out)
+
+
+async def run(args: argparse.Namespace, path: str) -> int:
+    client = Client(path)
+    if args.command == "status":
+        status = await client.get_json("/status")
+        print(json.dumps(status, indent=2) if args.json else render_table(status))
+        return EXIT_OK
+    if args.command == "signal":
+        (answer,) = await client.post("/signal", {"signal": args.signal})
+        print(f"sent {answer['signal']} to generation {answer['generation']} "
+              f"(pid {answer['pid']})")  # fmt: skip
+        return EXIT_OK
+    lines = await client.post(f"/{args.command}", {"wait": args.wait})
+    if not args.wait:
+        print(f"{args.command} requested (add --wait to follow it)")
+        return EXIT_OK
+    return finish(lines, args.command)
+
+
+def main(args: list[str]) -> int:
+    namespace = parser().parse_args(args)
+    path = client_path(getattr(namespace, "control_socket", None), os.environ)
+    return asyncio.run(run(namespace, path))

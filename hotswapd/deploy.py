@@ -1,0 +1,100 @@
+"""`hotswapd deploy SRC [DEST]`: install a new binary atomically, then swap to it.
+
+The order is the safety argument. SRC is checked first (a regular, executable, complete
+ELF: `elf.check_program`), so a truncated upload never reaches DEST. The copy goes through
+`atomic.atomic_install`: a temp file in DEST's own directory, fsynced, its mode set, renamed
+over DEST, the directory fsynced. Any failure on the way (ENOSPC, EXDEV, EACCES, a source
+still being written) leaves DEST exactly as it was and removes the temp file. Only then is
+the swap asked for, with `reload --wait`, so deploy's exit status is the swap's: 0 when the
+new build serves, 1 when it was rolled back (the old build keeps serving).
+
+DEST defaults to the active generation's executable, read from `ctl status`: the path
+hotswapd will exec on the next swap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import NoReturn
+
+from hotswapd import elf
+from hotswapd.atomic import AtomicWriteError, atomic_install
+from hotswapd.control import client_path
+from hotswapd.ctl import Client, finish
+from hotswapd.errors import EXIT_FAILURE, EXIT_OK, HotswapdError, UsageError
+from hotswapd.swap import file_sha256
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"deploy: {message} (see 'hotswapd deploy --help')")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(
+        prog="hotswapd deploy",
+        description="Install SRC over DEST atomically "
+        "(DEST: the running program by default), then swap to it and wait.",
+    )
+    top.add_argument("src", metavar="SRC", help="the new build")
+    top.add_argument(
+        "dest",
+        metavar="DEST",
+        nargs="?",
+        help="where to install it (default: the active generation's executable)",
+    )
+    top.add_argument(
+        "--control-socket",
+        metavar="PATH",
+        help="the socket hotswapd listens on (env HOTSWAPD_CONTROL_SOCKET)",
+    )
+    top.add_argument(
+        "--no-reload",
+        action="store_true",
+        help="install only (a --watch on DEST will trigger the swap)",
+    )
+    return top  # fmt: skip
+
+
+async def deploy(src: str, dest: str | None, client: Client | None) -> int:
+    problem = elf.check_program(src)
+    if problem:
+        print(f"hotswapd: deploy: {src} {problem}; {dest or 'DEST'} was not touched",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    if client is not None:
+        # Asked before installing: with no hotswapd listening, DEST is left alone.
+        status = await client.get_json("/status")
+        if dest is None:
+            active = next(gen["executable"] for gen in status["generations"]
+                          if gen["generation"] == status["active"]["generation"])  # fmt: skip
+            dest = os.path.join(status["hotswapd"]["cwd"], active)
+    assert dest is not None
+    try:
+        atomic_install(src, dest)
+    except AtomicWriteError as exc:
+        print(f"hotswapd: deploy: {exc}; {dest} was not changed", file=sys.stderr)
+        return EXIT_FAILURE
+    digest = file_sha256(dest) or "?"
+    print(f"installed {src} as {dest} (sha256 {digest[:12]})", flush=True)
+    if client is None:
+        return EXIT_OK
+    print("reload:", flush=True)
+    return finish(await client.post("/reload", {"wait": True, "reason": f"deploy {dest}"}),
+                  "reload")  # fmt: skip
+
+
+def main(args: list[str]) -> int:
+    options = parser().parse_args(args)
+    if options.no_reload and options.dest is None:
+        raise UsageError("deploy: --no-reload needs DEST (without hotswapd, it cannot be asked)")
+    client = None
+    if not options.no_reload:
+        client = Client(client_path(options.control_socket, os.environ))
+    try:
+        return asyncio.run(deploy(options.src, options.dest, client))
+    except HotswapdError as exc:
+        raise HotswapdError(f"deploy: {exc}") from None

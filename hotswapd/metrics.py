@@ -1,0 +1,196 @@
+"""Prometheus metrics on `--metrics HOST:PORT` (`/metrics`), with prometheus-client.
+
+Design notes:
+
+- Most metrics are read from the supervisor at scrape time by one custom collector,
+  through `status.build_status`, the same view `ctl status` prints: the counters,
+  generations and watch mode cannot drift from what the status says. Only what happens
+  between scrapes is recorded as it happens: each swap's phase durations go into
+  histograms from a swap hook (`supervisor.listeners_swap_hooks`).
+- A dedicated CollectorRegistry (not the global one) holds this collector, the
+  histograms and the standard process/platform collectors for hotswapd itself.
+- The listening socket is bound here from an IP literal: asyncio would resolve a host
+  name (or "all addresses") in an executor thread, and PID 1 runs no threads.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hotswapd.config import Config
+from hotswapd.errors import HotswapdError
+from hotswapd.status import build_status
+
+PHASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+WATCH_MODES = ("auto", "inotify", "poll", "off")  # auto: inotify plus a periodic stat
+BACKLOG = 64
+
+
+class SupervisorCollector(Collector):
+    """Everything the status document knows, as metrics, read at scrape time."""
+
+    def __init__(self, supervisor: Any) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        status = build_status(self.supervisor)
+        counters = status["counters"]
+        yield _gauge("hotswapd_active_generation", "Number of the generation serving traffic.",
+                     status["active"]["generation"])  # fmt: skip
+        swaps = CounterMetricFamily("hotswapd_swaps", "Swaps by outcome and (for rollbacks) "
+                                    "reason.", labels=["outcome", "reason"])  # fmt: skip
+        swaps.add_metric(["committed", "all_gates_passed"], counters["swaps_committed"])
+        for reason, count in sorted(counters["rollback_reasons"].items()):
+            swaps.add_metric(["rolled_back", reason], count)
+        swaps.add_metric(["refused", "refused"], counters["swaps_refused"])
+        yield swaps
+        yield _counter("hotswapd_swaps_coalesced", "Swap requests joined to a queued swap.",
+                       counters["swaps_coalesced"])  # fmt: skip
+        yield _counter("hotswapd_restarts", "Restarts of an exited server (--on-exit restart).",
+                       counters["restarts"])  # fmt: skip
+        yield _counter("hotswapd_signals_forwarded", "Signals forwarded to the active generation.",
+                       counters["signals_forwarded"])  # fmt: skip
+        yield _counter("hotswapd_orphans_reaped", "Orphaned processes reaped by hotswapd.",
+                       status["orphans_reaped"])  # fmt: skip
+        rss = GaugeMetricFamily(
+            "hotswapd_generation_rss_bytes",
+            "Resident memory of each live generation's process tree.",
+            labels=["generation", "state"],
+        )
+        for gen in status["generations"]:
+            if gen["exit_status"] is None:
+                rss.add_metric([str(gen["generation"]), gen["state"]], gen["rss_bytes"])
+        yield rss
+        watch = status["watch"]
+        mode = GaugeMetricFamily("hotswapd_watch_mode", "1 for the file-watch mode in use.",
+                                 labels=["mode"])  # fmt: skip
+        for name in sorted({*WATCH_MODES, watch["mode"]}):
+            mode.add_metric([name], 1.0 if name == watch["mode"] else 0.0)
+        yield mode
+        yield from _watch_events(watch)
+        state = GaugeMetricFamily("hotswapd_state", "1 for the supervisor's current state.",
+                                  labels=["state"])  # fmt: skip
+        state.add_metric([status["hotswapd"]["state"]], 1.0)
+        yield state
+
+
+def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, text, value=value)
+
+
+def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, text, value=value)
+
+
+def _watch_events(watch: dict[str, Any]) -> Iterator[Metric]:
+    """The watcher's own counts, when it reports them (numbers only; mode "off" has none)."""
+    for key, name, text in (
+        ("events", "hotswapd_watch_events", "File-system events the watcher received."),
+        ("rescans", "hotswapd_watch_rescans", "Full rescans (inotify queue overflow, re-arm)."),
+        ("fired", "hotswapd_watch_triggers", "Changes the watcher acted on (swap or signal)."),
+    ):
+        value = watch.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            yield _counter(name, text, value)
+
+
+class Metrics:
+    """The registry, the histograms fed by the swap hook, and the scrape handler."""
+
+    def __init__(self, supervisor: Any) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(SupervisorCollector(supervisor))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.phases = Histogram(
+            "hotswapd_swap_phase_seconds",
+            "Duration of each swap phase.",
+            ["phase"],
+            registry=self.registry,
+            buckets=PHASE_BUCKETS,
+        )
+        self.swaps = Histogram(
+            "hotswapd_swap_duration_seconds",
+            "Duration of whole swaps.",
+            ["outcome"],
+            registry=self.registry,
+            buckets=PHASE_BUCKETS,
+        )
+        self.growth = Gauge("hotswapd_generation_memory_growth_ratio", "A candidate's RSS over "
+                            "the serving generation's, at the last memory gate that measured both.",
+                            registry=self.registry)  # fmt: skip
+
+    def on_swap(self, outcome: Any) -> None:
+        """The swap hook: called by the supervisor once per finished swap."""
+        for phase, seconds in outcome.phases.items():
+            self.phases.labels(phase=phase).observe(seconds)
+        self.swaps.labels(outcome=outcome.outcome).observe(sum(outcome.phases.values()))
+        if outcome.old_rss_bytes and outcome.new_rss_bytes:
+            self.growth.set(outcome.new_rss_bytes / outcome.old_rss_bytes)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def bind(address: str) -> socket.socket:
+    """Bind HOST:PORT (":9100" is every address; "localhost" is 127.0.0.1), IPs only."""
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    host = "127.0.0.1" if host == "localhost" else host
+    port = int(port_text)
+    if host == "":
+        dual = socket.has_ipv6 and os.path.exists("/proc/net/if_inet6")
+        family, host = (socket.AF_INET6, "::") if dual else (socket.AF_INET, "0.0.0.0")
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise HotswapdError(f"--metrics {address}: cannot listen: {exc.strerror or exc} "
+                            "(choose a free port, e.g. --metrics :9100)") from None  # fmt: skip
+    return sock
+
+
+async def start_metrics(config: Config, supervisor: Any, log: Any) -> Callable[[], Awaitable[None]]:
+    """Serve /metrics on config.metrics; returns the function that stops serving."""
+    assert config.metrics is not None
+    sock = bind(config.metrics)
+    metrics = Metrics(supervisor)
+    supervisor.listeners_swap_hooks.append(metrics.on_swap)
+    app = web.Application()
+    app.router.add_get("/metrics", metrics.handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    host, port = sock.getsockname()[:2]
+    log.info("metrics_listening", address=f"{host}:{port}", path="/metrics")
+
+    async def close() -> None:
+        supervisor.listeners_swap_hooks.remove(metrics.on_swap)
+        await runner.cleanup()
+
+    return close

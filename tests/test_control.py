@@ -1,0 +1,385 @@
+"""The control socket and `hotswapd ctl`, against hotswapd running as PID 1 of a pid namespace.
+
+Every swap here is real: the Go server is built with a version stamped in, hotswapd
+spawns it on a shared listener, and the tests read /version, /proc and the JSON logs to
+prove which generation serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotswapd import cli, control
+from hotswapd.config import Config
+from hotswapd.errors import HotswapdError
+from tests.harness import Hotswapd, ns_pid
+from tests.helpers import REPO, wait_until
+
+Start = Callable[..., Hotswapd]
+
+
+def run_cli(
+    *args: str, timeout: float = 60, socket_env: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `hotswapd ARGS` as a separate process, as an operator would."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("HOTSWAPD_CONTROL_SOCKET", None)
+    if socket_env is not None:
+        env["HOTSWAPD_CONTROL_SOCKET"] = socket_env
+    return subprocess.run([sys.executable, "-m", "hotswapd", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout, check=False)  # fmt: skip
+
+
+def run_cli_as(user: str, *args: str) -> tuple[int, str]:
+    """Run `hotswapd ARGS` in a forked child that dropped to `user` (combined output).
+
+    In-process after fork, because that user may not be able to read the interpreter."""
+    account = pwd.getpwnam(user)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - reports through the pipe and its exit code
+        code = 99
+        try:
+            os.dup2(write_fd, 1)
+            os.dup2(write_fd, 2)
+            sys.stdout = sys.stderr = open(1, "w", closefd=False)  # noqa: SIM115 - fd 1 stays
+            os.setgroups([])
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            code = cli.main(list(args))
+            sys.stdout.flush()
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with open(read_fd, "rb") as pipe:
+        output = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output
+
+
+def http_get(port: int, path: str = "/version") -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode().strip()
+    finally:
+        conn.close()
+
+
+@dataclass
+class Served:
+    """A hotswapd serving the Go server from `app`, with its control socket at `sock`."""
+
+    run: Hotswapd
+    sock: str
+    port: int
+    app: Path
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("ctl", "--control-socket", self.sock, *args)
+
+    def status(self) -> dict[str, Any]:
+        import json
+
+        result = self.ctl("status", "--json")
+        assert result.returncode == 0, result.stderr
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+
+def serve(start: Start, app: Path, sock: str, *extra: str) -> Served:
+    run = start(["--listen", "http=tcp://127.0.0.1:0", "--health", "/healthz", "--settle", "0",
+                 "--health-timeout", "3s", "--drain-timeout", "5s", "--control-socket", sock,
+                 *extra], [str(app)])  # fmt: skip
+    port = int(run.wait_event("listening")["address"].rsplit(":", 1)[1])
+    run.wait_event("control_listening")
+    run.wait_stdout("ready pid=")
+    return Served(run, sock, port, app)
+
+
+def install(src: Path, dest: Path) -> None:
+    """Replace dest by rename, as a build does (the running binary keeps its inode)."""
+    temp = dest.with_name(dest.name + ".new")
+    shutil.copy2(src, temp)
+    os.replace(temp, dest)
+
+
+def make_app(tmp_path: Path, go_server: Any) -> Path:
+    """A private copy of the v1 build that the test may replace."""
+    target = tmp_path / "app" / "server"
+    target.parent.mkdir()
+    shutil.copy2(go_server("v1"), target)
+    return target
+
+
+@pytest.fixture
+def app(tmp_path: Path, go_server: Any) -> Path:
+    return make_app(tmp_path, go_server)
+
+
+@pytest.fixture
+def served(hotswapd: Start, app: Path, tmp_path: Path) -> Served:
+    return serve(hotswapd, app, str(tmp_path / "run" / "control.sock"))
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user may traverse, so only the socket's own mode guards it."""
+    path = Path(f"/tmp/hotswapd-test-{os.getpid()}-{os.urandom(3).hex()}")
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def outside(run: Hotswapd, inside_pid: int) -> int:
+    return run.outside_pid(inside_pid)
+
+
+# ------------------------------------------------------------------ status
+
+
+def test_status_json_matches_proc(served: Served, app: Path) -> None:
+    """`ctl status --json` names the generation that really runs: pid, binary, hash, memory."""
+    status = served.status()
+    assert status["hotswapd"]["pid"] == 1
+    assert status["hotswapd"]["pid1"] is True
+    assert status["hotswapd"]["state"] == "running"
+    assert status["active"]["generation"] == 1
+    (gen,) = status["generations"]
+    assert gen["generation"] == 1
+    assert gen["state"] == "active"
+    assert gen["pid"] == status["active"]["pid"]
+    pid = outside(served.run, gen["pid"])
+    assert ns_pid(pid) == gen["pid"]
+    assert os.readlink(f"/proc/{pid}/exe") == str(app)
+    assert gen["executable"] == str(app)
+    assert gen["sha256"] == hashlib.sha256(app.read_bytes()).hexdigest()
+    with open(f"/proc/{pid}/status") as handle:
+        vm_rss = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS"))
+    assert 0.5 * vm_rss < gen["rss_bytes"] < 2 * vm_rss
+    assert abs(gen["started_at"] - os.stat(f"/proc/{pid}").st_mtime) < 5
+    assert status["last_swap"] is None
+    assert status["watch"] == {"mode": "off", "paths": []}
+    assert status["counters"]["swaps_committed"] == 0
+    assert status["orphans_reaped"] == 0
+
+
+def test_status_table_for_people(served: Served) -> None:
+    """Without --json, status prints a table with the active generation marked."""
+    result = served.ctl("status")
+    assert result.returncode == 0, result.stderr
+    active = served.status()["active"]
+    assert f"*   1  {active['pid']:>7}  active" in result.stdout
+    assert "last swap: none yet" in result.stdout
+    assert "watch: off" in result.stdout
+
+
+# ------------------------------------------------------------------ reload and rollback
+
+
+def test_reload_wait_good_build_exits_0(served: Served, go_server: Any) -> None:
+    """reload --wait shows each phase live and exits 0 once the new build serves."""
+    old_pid = outside(served.run, served.status()["active"]["pid"])
+    install(go_server("v2"), served.app)
+    result = served.ctl("reload", "--wait")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    order = ["spawned", "ready (health check passed)", "memory ok", "cutover",
+             "old generation exited", "committed: generation 2"]  # fmt: skip
+    found = [next(i for i, line in enumerate(lines) if word in line) for word in order]
+    assert found == sorted(found), result.stdout
+    assert http_get(served.port) == "v2"
+    wait_until(lambda: not os.path.exists(f"/proc/{old_pid}"), 10, "the old generation reaped")
+    status = served.status()
+    assert status["active"]["generation"] == 2
+    assert status["last_swap"]["outcome"] == "committed"
+    assert set(status["last_swap"]["phases"]) >= {"spawned", "ready", "cutover", "old_exited"}
+
+
+def test_reload_wait_bad_build_exits_1(served: Served, go_server: Any) -> None:
+    """A build whose /healthz fails is rolled back: exit 1, the reason, v1 still serving."""
+    old_pid = served.status()["active"]["pid"]
+    install(go_server("v2", "-X main.healthz=fail"), served.app)
+    result = served.ctl("reload", "--wait")
+    assert result.returncode == 1
+    status = served.status()
+    reason = status["last_swap"]["reason"]
+    assert status["last_swap"]["outcome"] == "rolled_back"
+    assert reason
+    assert result.stderr == f"hotswapd: reload rolled back: {reason}; generation 1 keeps serving\n"
+    assert "candidate stopped" in result.stdout
+    assert http_get(served.port) == "v1"
+    assert status["active"] == {"generation": 1, "pid": old_pid}
+
+
+def test_reload_without_wait_returns_at_once(served: Served, go_server: Any) -> None:
+    """reload without --wait only queues the swap; the swap then happens on its own."""
+    install(go_server("v2"), served.app)
+    result = served.ctl("reload")
+    assert result.returncode == 0, result.stderr
+    assert "reload requested" in result.stdout
+    served.run.wait_event("swap_finished", outcome="committed")
+    assert http_get(served.port) == "v2"
+
+
+def test_rollback_after_binary_replaced(served: Served, go_server: Any) -> None:
+    """rollback execs the previous committed build from its kept fd, whatever is on disk."""
+    install(go_server("v2"), served.app)
+    assert served.ctl("reload", "--wait").returncode == 0
+    assert http_get(served.port) == "v2"
+    install(go_server("v3"), served.app)  # the file on disk is now neither v1 nor v2
+    result = served.ctl("rollback", "--wait")
+    assert result.returncode == 0, result.stderr
+    assert http_get(served.port) == "v1"
+    assert served.status()["active"]["generation"] == 3
+
+
+def test_rollback_without_previous_is_refused(served: Served) -> None:
+    """With no earlier committed generation, rollback says so and exits 1."""
+    result = served.ctl("rollback", "--wait")
+    assert result.returncode == 1
+    assert "rollback refused: no previous committed generation" in result.stderr
+
+
+def test_signal_forwarded_to_active(hotswapd: Start, tmp_path: Path) -> None:
+    """`ctl signal HUP` reaches the active generation (the child prints what it gets)."""
+    sock = str(tmp_path / "control.sock")
+    run = hotswapd(["--control-socket", sock],
+                   [sys.executable, str(REPO / "tests" / "children" / "child.py")])  # fmt: skip
+    run.wait_stdout("ready")
+    result = run_cli("ctl", "--control-socket", sock, "signal", "HUP")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("sent SIGHUP to generation 1")
+    run.wait_stdout("signal SIGHUP")
+    bad = run_cli("ctl", "--control-socket", sock, "signal", "NOPE")
+    assert bad.returncode == 1
+    assert "use a signal name" in bad.stderr
+
+
+# ------------------------------------------------------------------ the socket itself
+
+
+def test_socket_0600_and_other_users_refused(hotswapd: Start, app: Path, open_dir: Path) -> None:
+    """The socket is 0600; another user is refused by the mode, then by SO_PEERCRED."""
+    sock = str(open_dir / "control.sock")
+    served = serve(hotswapd, app, sock)
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    assert cli.main(["ctl", "--control-socket", sock, "status", "--json"]) == 0  # warm imports
+    code, output = run_cli_as("nobody", "ctl", "--control-socket", sock, "status")
+    assert code == 1
+    assert f"permission denied on {sock} (run as the user hotswapd runs as" in output
+    os.chmod(sock, 0o666)  # now only the peer-credential check stands in the way
+    code, output = run_cli_as("nobody", "ctl", "--control-socket", sock, "reload")
+    assert code == 1
+    assert "permission denied" in output
+    assert served.run.events("swap_requested") == []
+
+
+def test_socket_path_from_the_environment(hotswapd: Start, app: Path, tmp_path: Path) -> None:
+    """HOTSWAPD_CONTROL_SOCKET places the socket (run mode) and finds it (ctl)."""
+    sock = str(tmp_path / "env" / "control.sock")
+    run = hotswapd([], [str(app)], env={"HOTSWAPD_CONTROL_SOCKET": sock})
+    assert run.wait_event("control_listening")["path"] == sock
+    result = run_cli("ctl", "status", "--json", socket_env=sock)
+    assert result.returncode == 0, result.stderr
+    assert f'"control_socket": "{sock}"' in result.stdout
+
+
+def test_no_hotswapd_listening(tmp_path: Path) -> None:
+    """Missing and stale sockets both give the one 'no hotswapd is listening' line."""
+    missing = str(tmp_path / "missing.sock")
+    result = run_cli("ctl", "--control-socket", missing, "status")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"hotswapd: no hotswapd is listening on {missing} "
+                                     "(is it running? is --control-socket the same?)")  # fmt: skip
+    stale = str(tmp_path / "stale.sock")
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(stale)
+    result = run_cli("ctl", "--control-socket", stale, "reload", "--wait")
+    assert result.returncode == 1
+    assert "no hotswapd is listening on" in result.stderr
+
+
+def test_stale_replaced_live_refused_removed_at_exit(
+    hotswapd: Start, app: Path, tmp_path: Path
+) -> None:
+    """A dead hotswapd's socket is replaced, a live one is an error, and exit removes it."""
+    sock = tmp_path / "control.sock"
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(sock))
+    served = serve(hotswapd, app, str(sock))
+    assert served.status()["hotswapd"]["control_socket"] == str(sock)
+    second = hotswapd(["--control-socket", str(sock)], [str(app)])
+    assert second.wait(30) != 0
+    assert f"--control-socket {sock}: another hotswapd is listening there" in "\n".join(
+        second.stderr_lines
+    )
+    assert served.status()["active"]["generation"] == 1  # the first one is untouched
+    served.run.signal(15)
+    served.run.wait(30)
+    assert not sock.exists()
+
+
+def test_socket_is_not_inherited(hotswapd: Start, tmp_path: Path) -> None:
+    """A generation spawned after the control socket opened gets no more fds than the first."""
+    sock = str(tmp_path / "c.sock")
+    run = hotswapd(
+        ["--control-socket", sock, "--settle", "0"],
+        [sys.executable, str(REPO / "tests" / "children" / "child.py"), "--report"],
+    )
+    first = run.wait_stdout("fds ")[0]
+    run.wait_event("control_listening")
+    assert run_cli("ctl", "--control-socket", sock, "reload", "--wait").returncode == 0
+    second = run.wait_stdout("fds ", count=2)[1]
+    assert second == first
+
+
+def test_default_path_falls_back_when_run_is_unusable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without /run, the socket goes to $XDG_RUNTIME_DIR/hotswapd, and ctl looks there too."""
+    monkeypatch.setattr(control, "RUN_DIR", str(tmp_path / "no" / "such" / "run"))
+    runtime = tmp_path / "xdg"
+    runtime.mkdir()
+    environ = {"XDG_RUNTIME_DIR": str(runtime)}
+    path, explicit = control.server_path(Config(command=("x",)), environ)
+    assert (path, explicit) == (str(runtime / "hotswapd" / "control.sock"), False)
+    assert path is not None
+    sock = control.bind(path)
+    try:
+        assert stat.S_IMODE(os.stat(runtime / "hotswapd").st_mode) == 0o700
+        assert control.client_path(None, environ) == path
+    finally:
+        sock.close()
+    assert control.server_path(Config(command=("x",), control_socket="off"), environ) == (
+        None, True)  # fmt: skip
+
+
+def test_bind_refuses_what_it_must_not_replace(tmp_path: Path) -> None:
+    """A live socket and a regular file at the path are errors, each one line."""
+    live = tmp_path / "live.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(live))
+        server.listen()
+        with pytest.raises(HotswapdError, match="another hotswapd is listening there"):
+            control.bind(str(live))
+    regular = tmp_path / "file"
+    regular.write_text("keep me")
+    with pytest.raises(HotswapdError, match="a file that is not a socket is in the way"):
+        control.bind(str(regular))
+    assert regular.read_text() == "keep me"

@@ -1,0 +1,217 @@
+"""`hotswapd doctor`, run as PID 1 of a fresh pid and mount namespace with real mounts.
+
+Each scenario builds the situation for real (a tmpfs over a watched directory, an
+overlayfs, inotify limits at zero, a binary whose ELF interpreter is missing, a cgroup
+memory limit) and checks the one line doctor prints about it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotswapd import doctor
+from tests.helpers import REPO
+from tests.test_control import Start, make_app, serve
+
+LOADER = b"/lib64/ld-linux-x86-64.so.2"
+MISSING = b"/nonexistent/ld-x86-64.so.2"  # the same length: patched in place
+
+
+def run_doctor(args: list[str], setup: str = "", namespace: bool = True,
+               **kwargs: Any) -> tuple[int, list[str]]:  # fmt: skip
+    """Run `hotswapd doctor ARGS`, after the shell `setup`, as PID 1 of new namespaces."""
+    command = f"{setup}\nexec {shlex.quote(sys.executable)} -m hotswapd doctor {shlex.join(args)}"
+    argv = ["sh", "-ec", command]
+    if namespace:
+        argv = ["unshare", "--pid", "--fork", "--mount-proc", *argv]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60,
+                            check=False, **kwargs)  # fmt: skip
+    assert result.stderr == "", result.stderr
+    return result.returncode, result.stdout.splitlines()
+
+
+def line(lines: list[str], start: str) -> str:
+    found = [text for text in lines if text.startswith(start)]
+    assert found, f"no line starting {start!r} in:\n" + "\n".join(lines)
+    return found[0]
+
+
+@pytest.fixture
+def program(tmp_path: Path, go_server: Any) -> Path:
+    target = tmp_path / "bin" / "server"
+    target.parent.mkdir()
+    shutil.copy2(go_server("v1"), target)
+    return target
+
+
+ORIGINAL = {name: Path(f"/proc/sys/fs/inotify/{name}").read_text()
+            for name in ("max_user_instances", "max_user_watches")}  # fmt: skip
+
+
+@pytest.fixture
+def sysctls() -> Iterator[None]:
+    """Let a test lower the inotify sysctls; the values from before are always restored."""
+    yield
+    for name, old in ORIGINAL.items():
+        Path(f"/proc/sys/fs/inotify/{name}").write_text(old)
+
+
+def test_pid1_and_a_tmpfs_hiding_the_image(tmp_path: Path, program: Path) -> None:
+    """As PID 1, with a tmpfs over the watched directory: the hidden files are named."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "from-image.conf").write_text("shipped in the image")
+    setup = f"mount -t tmpfs tmpfs {app}\ncp {program} {app}/server"
+    code, lines = run_doctor(["--watch", f"{app}/server", "--listen", "tcp://127.0.0.1:0", "--",
+                              f"{app}/server"], setup)  # fmt: skip
+    assert code == 0, lines
+    assert line(lines, "ok    init:").startswith("ok    init: running as PID 1")
+    assert line(lines, f"ok    watch {app}/server:").startswith(
+        f"ok    watch {app}/server: tmpfs mounted on {app} from tmpfs"
+    )
+    hidden = line(lines, f"warn  watch {app}/server: the tmpfs mount on {app} hides")
+    assert "hides 1 entry underneath (from-image.conf)" in hidden
+    assert sum("hides" in text for text in lines) == 1  # the program dir shares the mount
+    assert "— files the image put there are invisible" in hidden
+    assert line(lines, "ok    program:").endswith("is a static ELF binary (runs in scratch)")
+    assert lines[-1].startswith("doctor: ")
+
+
+def test_overlayfs_watched_path(tmp_path: Path, program: Path) -> None:
+    """On overlayfs, the watched path's filesystem and mount point are reported."""
+    dirs = {name: tmp_path / name for name in ("lower", "upper", "work", "merged")}
+    for path in dirs.values():
+        path.mkdir()
+    shutil.copy2(program, dirs["lower"] / "server")
+    setup = (f"mount -t overlay overlay -o lowerdir={dirs['lower']},upperdir={dirs['upper']},"
+             f"workdir={dirs['work']} {dirs['merged']}")  # fmt: skip
+    merged = dirs["merged"]
+    code, lines = run_doctor(["--watch", f"{merged}/server", "--", f"{merged}/server"], setup)
+    assert code == 0, lines
+    assert line(lines, f"ok    watch {merged}/server:").startswith(
+        f"ok    watch {merged}/server: overlay mounted on {merged} from overlay (the container's "
+        "own layer")  # fmt: skip
+
+
+def test_single_file_bind_mount(tmp_path: Path, program: Path) -> None:
+    """A watched file bind-mounted on its own is flagged: a host rename is never seen."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "server").write_bytes(b"")
+    setup = f"mount --bind {program} {app}/server"
+    code, lines = run_doctor(["--watch", f"{app}/server", "--", f"{app}/server"], setup)
+    assert code == 0, lines
+    found = line(lines, f"warn  watch {app}/server: single-file bind mount")
+    assert found.endswith("— bind-mount the directory instead (-v ./build:/app)")
+
+
+@pytest.mark.usefixtures("sysctls")
+def test_inotify_limits_exhausted(program: Path) -> None:
+    """No inotify instance left: fail with --watch-mode inotify, warn (polling) in auto."""
+    watched = f"{program.parent}/server"
+    Path("/proc/sys/fs/inotify/max_user_instances").write_text("0")
+    code, lines = run_doctor(["--watch", watched, "--watch-mode", "inotify", "--", watched])
+    assert code == 1
+    found = line(lines, "fail  inotify: no inotify instance left")
+    assert "the watch will fail — raise it on the host" in found
+    assert "fs.inotify.max_user_instances=512" in found
+    Path("/proc/sys/fs/inotify/max_user_instances").write_text(ORIGINAL["max_user_instances"])
+    Path("/proc/sys/fs/inotify/max_user_watches").write_text("0")
+    code, lines = run_doctor(["--watch", watched, "--", watched])
+    assert code == 0
+    found = line(lines, "warn  inotify: no inotify watch left for")
+    assert "auto mode will fall back to polling" in found
+
+
+def test_missing_elf_interpreter(tmp_path: Path) -> None:
+    """A dynamic binary whose loader is absent fails, as exec would (ENOENT)."""
+    data = Path(os.path.realpath("/bin/true")).read_bytes()
+    assert LOADER in data
+    broken = tmp_path / "server"
+    broken.write_bytes(data.replace(LOADER, MISSING))
+    broken.chmod(0o755)
+    with pytest.raises(FileNotFoundError):
+        subprocess.run([str(broken)], check=False)
+    code, lines = run_doctor(["--", str(broken)])
+    assert code == 1
+    found = line(lines, "fail  program:")
+    assert found == (f"fail  program: {broken} is dynamically linked but its ELF interpreter "
+                     f"{MISSING.decode()} is missing: exec fails with 'no such file or directory' "
+                     "— build it static (CGO_ENABLED=0 go build) or use a base image with that "
+                     "libc")  # fmt: skip
+    assert lines[-1].endswith("1 fail")
+
+
+def test_not_pid1_listen_in_use_and_no_program() -> None:
+    """Outside a pid namespace: not PID 1 is a warning; a taken port and no program too."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, lines = run_doctor(["--listen", f"web=tcp://127.0.0.1:{port}"], namespace=False)
+    assert code == 0
+    assert line(lines, "warn  init: not PID 1 (PID 1 is ")
+    assert line(lines, f"warn  listen web=tcp://127.0.0.1:{port}: in use now")
+    assert line(lines, "warn  program: none given — add -- PROGRAM")
+
+
+def test_control_socket_permissions(hotswapd: Start, tmp_path: Path, go_server: Any) -> None:
+    """A live control socket is checked: 0600 is ok, a socket others may use fails."""
+    served = serve(hotswapd, make_app(tmp_path, go_server), str(tmp_path / "run" / "c.sock"))
+    code, lines = run_doctor(["--control-socket", served.sock], namespace=False)
+    assert line(lines, "ok    control:") == (
+        f"ok    control: a hotswapd is listening on {served.sock} (mode 0600)"
+    )
+    os.chmod(served.sock, 0o666)
+    code, lines = run_doctor(["--control-socket", served.sock], namespace=False)
+    assert code == 1
+    assert line(lines, "fail  control:").endswith("any user who can connect can swap")
+
+
+def test_memory_limit_headroom(tmp_path: Path) -> None:
+    """Under a cgroup memory limit, doctor reports the limit and the room for two generations."""
+    base = Path("/sys/fs/cgroup/memory")
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    parent = Path("/sys/fs/cgroup") if v2 else base
+    group = parent / f"hotswapd-doctor-{os.getpid()}"
+    limit_file = "memory.max" if v2 else "memory.limit_in_bytes"
+    group.mkdir()
+    try:
+        (group / limit_file).write_text(str(512 * 1024 * 1024))
+
+        def enter() -> None:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+
+        _code, lines = run_doctor([], namespace=False, preexec_fn=enter)
+        found = line(lines, "ok    memory: cgroup limit 512.0 MiB")
+        assert found.endswith("room for a second generation")
+    finally:
+        group.rmdir()
+
+
+def test_inotify_usage_counts_this_process() -> None:
+    """Instances and watches held by this uid are counted from /proc/*/fdinfo."""
+    libc: Any = ctypes.CDLL(None, use_errno=True)
+    before = doctor.inotify_usage(os.geteuid())
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    assert fd >= 0, errno.errorcode[ctypes.get_errno()]
+    try:
+        for directory in ("/", "/tmp", str(REPO)):
+            assert libc.inotify_add_watch(fd, directory.encode(), doctor.IN_MODIFY) >= 0
+        after = doctor.inotify_usage(os.geteuid())
+    finally:
+        os.close(fd)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 3)

@@ -1,0 +1,101 @@
+"""`--metrics HOST:PORT`: /metrics scraped from a real hotswapd, read by the Prometheus parser."""
+
+from __future__ import annotations
+
+import http.client
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import REPO
+from tests.test_control import Served, Start, install, make_app, serve
+
+
+@pytest.fixture
+def app(tmp_path: Path, go_server: Any) -> Path:
+    return make_app(tmp_path, go_server)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(address: str) -> tuple[str, Samples]:
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200
+        content_type = response.getheader("Content-Type") or ""
+        text = response.read().decode()
+    finally:
+        conn.close()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return content_type, samples
+
+
+def start(hotswapd: Start, app: Path, tmp_path: Path) -> tuple[Served, str]:
+    served = serve(hotswapd, app, str(tmp_path / "control.sock"), "--metrics", "127.0.0.1:0")
+    return served, served.run.wait_event("metrics_listening")["address"]
+
+
+def test_metrics_parsed_after_swaps(
+    hotswapd: Start, app: Path, tmp_path: Path, go_server: Any
+) -> None:
+    """Swaps by outcome and reason, phase histograms, memory and process metrics all parse."""
+    served, address = start(hotswapd, app, tmp_path)
+    content_type, before = scrape(address)
+    assert content_type.startswith("text/plain; version=")
+    assert before[("hotswapd_active_generation", ())] == 1
+    assert before[("hotswapd_swaps_total", (("outcome", "committed"),
+                                            ("reason", "all_gates_passed")))] == 0  # fmt: skip
+    install(go_server("v2"), app)
+    assert served.ctl("reload", "--wait").returncode == 0
+    install(go_server("v3", "-X main.healthz=fail"), app)
+    assert served.ctl("reload", "--wait").returncode == 1
+    _, after = scrape(address)
+    status = served.status()
+    assert after[("hotswapd_active_generation", ())] == status["active"]["generation"] == 2
+    assert after[("hotswapd_swaps_total", (("outcome", "committed"),
+                                           ("reason", "all_gates_passed")))] == 1  # fmt: skip
+    rolled_back = {
+        labels: value
+        for (name, labels), value in after.items()
+        if name == "hotswapd_swaps_total" and ("outcome", "rolled_back") in labels
+    }
+    assert sum(rolled_back.values()) == 1
+    counts = {"spawned": 2, "ready": 1, "cutover": 1, "old_exited": 1, "candidate_stopped": 1}
+    for phase, count in counts.items():  # the bad build was spawned, never ready
+        assert after[("hotswapd_swap_phase_seconds_count", (("phase", phase),))] == count
+    assert after[("hotswapd_swap_duration_seconds_count", (("outcome", "rolled_back"),))] == 1
+    rss = after[("hotswapd_generation_rss_bytes", (("generation", "2"), ("state", "active")))]
+    assert rss > 1024 * 1024
+    assert 0.2 < after[("hotswapd_generation_memory_growth_ratio", ())] < 5
+    assert after[("hotswapd_watch_mode", (("mode", "off"),))] == 1
+    assert after[("hotswapd_watch_mode", (("mode", "inotify"),))] == 0
+    assert after[("hotswapd_restarts_total", ())] == 0
+    assert after[("hotswapd_orphans_reaped_total", ())] == 0
+    assert after[("hotswapd_state", (("state", "running"),))] == 1
+    # hotswapd's own process metrics: the resident memory of PID 1 itself, not of a child
+    with open(f"/proc/{served.run.pid}/status") as handle:
+        vm_rss = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS"))
+    assert 0.5 * vm_rss < after[("process_resident_memory_bytes", ())] < 2 * vm_rss
+    assert any(name == "python_info" for name, _ in after)  # the platform collector
+
+
+def test_metrics_counts_orphans_and_restarts(hotswapd: Start, tmp_path: Path) -> None:
+    """Orphans reaped by PID 1 and --on-exit restarts show up as counters."""
+    child = [sys.executable, str(REPO / "tests" / "children" / "child.py")]
+    run = hotswapd(["--metrics", "127.0.0.1:0", "--control-socket", str(tmp_path / "c.sock"),
+                    "--on-exit", "restart"], [*child, "--orphans", "2", "--exit", "0"])  # fmt: skip
+    address = run.wait_event("metrics_listening")["address"]
+    run.wait_event("restarted")
+    _, samples = scrape(address)
+    assert samples[("hotswapd_restarts_total", ())] >= 1
+    assert samples[("hotswapd_orphans_reaped_total", ())] >= 2
