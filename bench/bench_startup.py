@@ -13,8 +13,6 @@ noise hits all of them alike; medians and p90 of --runs runs each:
     hotswapd via the console script       (.venv/bin/hotswapd: the shebang path matters)
     hotswapd without .pyc                 (this checkout as is: editable install and
                                            PYTHONDONTWRITEBYTECODE=1; see common.python_env)
-    what-if: asyncio deferred             (hotswapd with `asyncio` stubbed out: what moving
-                                           that import after the spawn would save)
     venv python, os.execv at once         (the floor for any Python supervisor's exec)
     naive asyncio init                    (import asyncio + aiohttp, then fork/exec)
     python3 -c pass, venv python -c pass  (total runtime: the interpreter's own cost)
@@ -94,17 +92,6 @@ os.waitpid(pid, 0)
 
 EXEC_AT_ONCE = "import os, sys; os.execv(sys.argv[1], sys.argv[1:])"
 
-# Not a configuration anyone runs: hotswapd's own start-up with `asyncio` replaced by an
-# empty module, to measure what deferring that import (hotswapd/signals.py imports it
-# at the top, for annotations only) would save. It fails after the spawn, by design.
-WHATIF_NO_ASYNCIO = """\
-import sys, types
-sys.modules["asyncio"] = types.ModuleType("asyncio")
-import runpy
-sys.argv = ["hotswapd", *sys.argv[1:]]
-runpy.run_module("hotswapd", run_name="__main__", alter_sys=True)
-"""
-
 # Marks the start of hotswapd's code and the fork of generation 1 on stderr, between the
 # `-X importtime` lines, and names the hotswapd function behind each import done inside
 # a function (importtime shows those at the top level).
@@ -166,12 +153,6 @@ def variants(python: str) -> list[Variant]:
             [python, "-m", "hotswapd", *LISTEN, "--", "{child}"],
             "exec",
             bytecode=False,
-        ),
-        Variant(
-            "whatif_asyncio_deferred",
-            "what-if: hotswapd with asyncio not imported before the spawn",
-            [python, "-c", WHATIF_NO_ASYNCIO, *LISTEN, "--", "{child}"],
-            "exec",
         ),
         Variant(
             "python_exec",
@@ -307,7 +288,7 @@ def measure_exec(vs: list[Variant], child: Path, runs: int, warmup: int) -> dict
 # --------------------------------------------------------------------------- stages
 
 # hotswapd's own start-up, with a timestamp at each stage boundary: the wrapper wraps
-# hotswapd.run.run and the spawn() that hotswapd.generation calls, and prints the marks
+# hotswapd.run.run and the spawn() that hotswapd.launch calls, and prints the marks
 # just before the fork; the child then prints its exec time.
 BREAKDOWN_WRAPPER = """\
 import time
@@ -317,7 +298,7 @@ import hotswapd.cli
 _T["cli_imported"] = time.monotonic_ns()
 import hotswapd.run as _run
 _T["run_imported"] = time.monotonic_ns()
-import hotswapd.generation as _gen
+import hotswapd.launch as _gen
 _real_run, _real_spawn = _run.run, _gen.spawn
 def _run_marked(config):
     _T["run_entered"] = time.monotonic_ns()
@@ -334,9 +315,9 @@ sys.exit(hotswapd.cli.main())
 
 STAGES = {
     "code_started": "interpreter start-up, until hotswapd's first line runs",
-    "cli_imported": "import hotswapd.cli (argparse, typing)",
-    "run_imported": "import hotswapd.run (signals→asyncio, config→dataclasses, spawn, …)",
-    "run_entered": "main() → run(): argparse parser + Config",
+    "cli_imported": "import hotswapd.cli",
+    "run_imported": "import hotswapd.run (config, listeners, spawn, prctl)",
+    "run_entered": "main() → run(): parse the options into a Config",
     "spawn_called": "run() → spawn(): subreaper, bind, probe listener, env",
     "exec": "spawn() → child exec: fork, child set-up, execve",
 }

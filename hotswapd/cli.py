@@ -1,39 +1,40 @@
 """Command line: `main(argv) -> int` for run, ctl, deploy and doctor.
 
 Every error is one line on stderr and an exit code from hotswapd.errors. The run
-mode imports nothing heavy here: generation 1 must be spawned first.
+mode imports nothing heavy here — not even argparse (the option table is parsed by
+`config.parse_flags`): generation 1 must be spawned first. argparse is loaded only
+for `--help` and the other subcommands.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
 
 from hotswapd import __version__
 from hotswapd.errors import EXIT_USAGE, HotswapdError, UsageError
 
+TYPE_CHECKING = False  # see config.py
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+
 SUBCOMMANDS = ("ctl", "deploy", "doctor")
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line (exit 2), not a usage dump."""
+def run_parser(prog: str = "hotswapd") -> argparse.ArgumentParser:
+    """The argparse description of the run mode: for --help, not for parsing."""
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def run_parser(prog: str = "hotswapd") -> Parser:
     from hotswapd.config import add_options
 
-    parser = Parser(
+    parser = argparse.ArgumentParser(
         prog=prog,
         usage=f"{prog} [OPTIONS] -- PROGRAM [ARGS...]\n       "
         f"{prog} ctl status|reload|rollback|signal ...\n       "
         f"{prog} deploy SRC [DEST]\n       {prog} doctor [OPTIONS] [-- PROGRAM ...]",
         description="PID 1 for a Go server: reaps, forwards signals, and hot-swaps it "
-        "(SIGUSR2, --watch, `hotswapd ctl reload`) with health and memory gates.",
+        "(SIGUSR2, --watch, `hotswapd ctl reload`) with health and memory gates. Every option "
+        "is also HOTSWAPD_<NAME> in the environment and a key in the --config TOML file.",
     )
     parser.add_argument("--version", action="version", version=f"hotswapd {__version__}")
     add_options(parser)
@@ -41,7 +42,7 @@ def run_parser(prog: str = "hotswapd") -> Parser:
 
 
 def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split `OPTIONS -- PROGRAM ARGS`; without `--` the first non-option starts PROGRAM."""
+    """Split `OPTIONS -- PROGRAM ARGS` at the first `--`."""
     args = list(argv)
     if "--" in args:
         index = args.index("--")
@@ -53,17 +54,10 @@ def parse_run_args(argv: Sequence[str], require_command: bool = True) -> object:
     """Parse run-mode arguments into a Config (shared with doctor)."""
     import os
 
-    from hotswapd.config import build_config
+    from hotswapd.config import build_config, parse_flags
 
-    options, command = split_command(argv)
-    parser = run_parser()
-    if command:
-        namespace = parser.parse_args(options)
-    else:
-        parser.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        namespace = parser.parse_args(options)
-        command = list(namespace.command)
-    return build_config(namespace, command, os.environ, require_command=require_command)
+    flags, command = parse_flags(argv)
+    return build_config(flags, command, os.environ, require_command=require_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] in SUBCOMMANDS:
             return _subcommand(args[0], args[1:])
+        options = split_command(args)[0]
+        if "--help" in options or "-h" in options:
+            run_parser().print_help()
+            return 0
+        if "--version" in options:
+            print(f"hotswapd {__version__}")
+            return 0
         from hotswapd.config import Config
         from hotswapd.run import run
 

@@ -11,42 +11,50 @@ Each generation also gets a private loopback *probe* listener after the public o
 
 from __future__ import annotations
 
+# _socket, not socket: the socket module builds enums at import (~10 ms) and this runs
+# before generation 1 is spawned. socket.socket is a subclass of _socket.socket.
+import _socket
 import errno
 import os
-import socket
 import stat
-import struct
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from hotswapd.config import PROBE_LISTENER_NAME, ListenSpec
+from hotswapd.config import PROBE_LISTENER_NAME
 from hotswapd.errors import ListenError
+
+TYPE_CHECKING = False  # see config.py
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+    from hotswapd.config import ListenSpec
 
 SD_LISTEN_FDS_START = 3
 INHERITED_ENV = ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "LISTEN_PIDFDID", "NOTIFY_SOCKET")
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
-@dataclass
 class Listener:
     """A bound listening socket and what hotswapd must clean up for it."""
 
-    name: str
-    sock: socket.socket
-    unix_path: str | None = None  # unlinked by hotswapd at exit, never by a child
-    adopted: bool = False
+    __slots__ = ("name", "sock", "unix_path", "adopted")
+
+    def __init__(self, name: str, sock: _socket.socket, unix_path: str | None = None,
+                 adopted: bool = False) -> None:  # fmt: skip
+        self.name = name
+        self.sock = sock
+        self.unix_path = unix_path  # unlinked by hotswapd at exit, never by a child
+        self.adopted = adopted
 
     def address(self) -> str:
         addr = self.sock.getsockname()
-        if self.sock.family == socket.AF_UNIX:
+        if self.sock.family == _socket.AF_UNIX:
             return f"unix://{addr}"
-        if self.sock.family == socket.AF_INET6:
+        if self.sock.family == _socket.AF_INET6:
             return f"tcp://[{addr[0]}]:{addr[1]}"
         return f"tcp://{addr[0]}:{addr[1]}"
 
     def port(self) -> int:
-        if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+        if self.sock.family in (_socket.AF_INET, _socket.AF_INET6):
             return int(self.sock.getsockname()[1])
         return 0
 
@@ -75,7 +83,7 @@ def adopt_inherited(environ: Mapping[str, str]) -> list[Listener] | None:
     for index in range(count):
         fd = SD_LISTEN_FDS_START + index
         try:
-            sock = socket.socket(fileno=fd)
+            sock = _socket.socket(fileno=fd)
         except OSError as exc:
             raise ListenError(f"LISTEN_FDS: fd {fd} is not a socket ({exc.strerror})") from None
         os.set_inheritable(fd, False)
@@ -101,24 +109,29 @@ def _bind_tcp(spec: ListenSpec) -> Listener:
     addr: tuple[Any, ...]
     if spec.host == "":
         # Every address: one dual-stack socket where IPv6 exists, else IPv4.
-        if socket.has_ipv6 and os.path.exists("/proc/net/if_inet6"):
-            family, addr = socket.AF_INET6, ("::", spec.port)
+        if _socket.has_ipv6 and os.path.exists("/proc/net/if_inet6"):
+            family, addr = _socket.AF_INET6, (b"::", spec.port)
         else:
-            family, addr = socket.AF_INET, ("0.0.0.0", spec.port)
+            family, addr = _socket.AF_INET, (b"0.0.0.0", spec.port)
     else:
         try:
-            infos = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)  # fmt: skip
-        except socket.gaierror as exc:
+            # bytes, not str: a str host loads the idna codec (~1.5 ms) before the spawn
+            infos = _socket.getaddrinfo(
+                spec.host.encode("ascii", "replace"),
+                spec.port,
+                type=_socket.SOCK_STREAM,
+                flags=_socket.AI_PASSIVE,
+            )
+        except _socket.gaierror as exc:
             raise ListenError(
                 f"{where}: cannot resolve host '{spec.host}' ({exc.strerror})"
             ) from None
-        family, addr = infos[0][0], infos[0][4][:2]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+        family, addr = infos[0][0], (str(infos[0][4][0]).encode("ascii"), infos[0][4][1])
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and spec.host == "":
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        if family == _socket.AF_INET6 and spec.host == "":
+            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0)
         sock.bind(addr)
         sock.listen(BACKLOG)
     except OSError as exc:
@@ -159,7 +172,7 @@ def _bind_unix(spec: ListenSpec) -> Listener:
         if _unix_socket_is_live(path):
             raise ListenError(f"{where}: a live server is already listening on {path}")
         os.unlink(path)  # stale socket left by a dead process
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.bind(path)
         sock.listen(BACKLOG)
@@ -170,7 +183,7 @@ def _bind_unix(spec: ListenSpec) -> Listener:
 
 
 def _unix_socket_is_live(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except OSError:
@@ -193,24 +206,26 @@ def close_all(listeners: Sequence[Listener]) -> None:
         listener.sock.close()
 
 
-def make_probe_listener() -> socket.socket:
+def make_probe_listener() -> _socket.socket:
     """A private loopback listener for one generation's health probe (close-on-exec)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    sock.bind((b"127.0.0.1", 0))
     sock.listen(64)
     return sock
 
 
-def accept_queue_length(sock: socket.socket) -> int:
+def accept_queue_length(sock: _socket.socket) -> int:
     """Connections waiting in a TCP listener's accept queue (tcpi_unacked of TCP_INFO).
 
     A probe listener whose queue is non-empty after the health timeout was never
     accepted on: the server ignores some of its inherited listeners.
     """
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        info = sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_INFO, 104)
     except OSError:
         return 0
+    import struct
+
     # struct tcp_info: 8 one-byte fields, then u32 rto, ato, snd_mss, rcv_mss, unacked, ...
     return int(struct.unpack_from("I", info, 8 + 4 * 4)[0])
 

@@ -14,14 +14,17 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
 
 from hotswapd import signals
 from hotswapd.config import Config
 from hotswapd.errors import HotswapdError
-from hotswapd.generation import Generation, check_templates, launch
+from hotswapd.launch import Spawned, check_templates, launch
 from hotswapd.listeners import Listener, adopt_inherited, bind_all, close_all
 from hotswapd.spawn import Credentials, resolve_user
+
+TYPE_CHECKING = False  # see config.py
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def run(config: Config) -> int:
@@ -31,7 +34,7 @@ def run(config: Config) -> int:
     if not is_pid1:
         import prctl
 
-        prctl.set_child_subreaper(True)
+        prctl.set_child_subreaper(True)  # orphans come to us, not to the real init
     environ = dict(os.environ)
     listeners: list[Listener] = []
     try:
@@ -60,7 +63,7 @@ def run(config: Config) -> int:
 def _serve(
     config: Config,
     listeners: list[Listener],
-    first: Generation,
+    first: Spawned,
     environ: dict[str, str],
     credentials: Credentials | None,
     is_pid1: bool,
@@ -98,7 +101,7 @@ def _serve(
 async def _main(
     config: Config,
     listeners: list[Listener],
-    first: Generation,
+    first: Spawned,
     environ: dict[str, str],
     credentials: Credentials | None,
     log: Any,

@@ -7,29 +7,33 @@ signal on the supervisor's queue (no logging, no awaiting, no state changes).
 
 Before the loop exists the same signals are *blocked*, so one that arrives while
 generation 1 is being spawned stays pending and is delivered once handlers are in.
+This module is imported before that spawn, so it uses `sigbits`, not `signal`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import signal
-from collections.abc import Callable
+from hotswapd import sigbits
+
+TYPE_CHECKING = False  # see config.py
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable
 
 # Raised by the kernel for the process's own faults (or uncatchable): never forwarded.
 _NOT_HANDLED = {
-    signal.SIGKILL, signal.SIGSTOP, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE,
-    signal.SIGILL, signal.SIGTRAP, signal.SIGSYS, signal.SIGCHLD,
+    sigbits.SIGKILL, sigbits.SIGSTOP, sigbits.SIGSEGV, sigbits.SIGBUS, sigbits.SIGFPE,
+    sigbits.SIGILL, sigbits.SIGTRAP, sigbits.SIGSYS, sigbits.SIGCHLD,
 }  # fmt: skip
 
 HANDLED: frozenset[int] = frozenset(
-    int(sig) for sig in signal.valid_signals() if sig not in _NOT_HANDLED
+    sig for sig in sigbits.valid_signals() if sig not in _NOT_HANDLED
 )
-BLOCKED_AT_START: frozenset[int] = HANDLED | {int(signal.SIGCHLD)}
+BLOCKED_AT_START: frozenset[int] = HANDLED | {sigbits.SIGCHLD}
 
 
 def block_startup_signals() -> None:
     """Keep every handled signal pending until the event loop can take it."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_AT_START)
+    sigbits.block(BLOCKED_AT_START)
 
 
 def install(
@@ -40,19 +44,16 @@ def install(
     """Install loop handlers for every handled signal, then unblock them."""
     for sig in sorted(HANDLED):
         loop.add_signal_handler(sig, on_signal, sig)
-    loop.add_signal_handler(signal.SIGCHLD, on_child)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_AT_START)
+    loop.add_signal_handler(sigbits.SIGCHLD, on_child)
+    sigbits.unblock(BLOCKED_AT_START)
 
 
 def uninstall(loop: asyncio.AbstractEventLoop) -> None:
-    for sig in sorted(HANDLED | {int(signal.SIGCHLD)}):
+    for sig in sorted(BLOCKED_AT_START):
         loop.remove_signal_handler(sig)
 
 
 def name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        if signal.SIGRTMIN <= sig <= signal.SIGRTMAX:
-            return f"SIGRTMIN+{sig - signal.SIGRTMIN}"
-        return f"SIG{sig}"
+    from hotswapd.config import signal_name
+
+    return signal_name(sig)

@@ -11,43 +11,57 @@ error is reported once, with tini's exit codes (127 not found, 126 not executabl
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import fcntl
 import os
-import signal
-import struct
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import resource
 
+# Imported here, not in the child: an import after fork runs again at every spawn.
+import prctl
+
+from hotswapd import sigbits
 from hotswapd.errors import EXIT_FAILURE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, SpawnError
 from hotswapd.listeners import SD_LISTEN_FDS_START
 
-# Signals the kernel raises for the process's own faults: never handled, never reset.
-_UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
+TYPE_CHECKING = False  # see config.py
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 
-@dataclass(frozen=True)
 class Credentials:
     """The user a child runs as (resolved in the parent: no NSS calls after fork)."""
 
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    name: str
+    __slots__ = ("uid", "gid", "groups", "name")
+
+    def __init__(self, uid: int, gid: int, groups: tuple[int, ...], name: str) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.name = name
 
 
-@dataclass(frozen=True)
 class ChildSpec:
     """Everything one fork+exec needs; built per generation by the caller."""
 
-    program: str  # resolved path, or a /proc/self/fd/N path when exec_fd is set
-    argv: Sequence[str]
-    env: Mapping[str, str]  # already without inherited LISTEN_*; LISTEN_FDS/FDNAMES included
-    fds: Sequence[int]  # placed at 3, 4, ... in this order
-    credentials: Credentials | None = None
-    no_new_privs: bool = False
-    exec_fd: int | None = None  # exec this open file instead of the path (rollback)
-    keep_env: Mapping[str, str] = field(default_factory=dict)
+    __slots__ = ("program", "argv", "env", "fds", "credentials", "no_new_privs", "exec_fd")
+
+    def __init__(
+        self,
+        program: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        fds: Sequence[int],
+        credentials: Credentials | None = None,
+        no_new_privs: bool = False,
+        exec_fd: int | None = None,
+    ) -> None:
+        self.program = program  # the resolved path
+        self.argv = argv
+        self.env = env  # without inherited LISTEN_*; with this generation's LISTEN_FDS/FDNAMES
+        self.fds = fds  # placed at 3, 4, ... in this order
+        self.credentials = credentials
+        self.no_new_privs = no_new_privs
+        self.exec_fd = exec_fd  # exec this open file instead of the path (rollback)
 
 
 def resolve_program(name: str, environ: Mapping[str, str]) -> str:
@@ -116,14 +130,14 @@ def spawn(spec: ChildSpec) -> int:
     # Block every signal across fork: a signal landing in the child before exec would
     # run the parent's Python handler there, which writes to the event loop's wake-up
     # fd that parent and child share, and the parent would act on a phantom signal.
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    old_mask = sigbits.block(sigbits.valid_signals())
     try:
         pid = os.fork()
         if pid == 0:  # the child: never returns
             _child(spec, write_end, parent_pid)
     finally:
         if os.getpid() == parent_pid:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            sigbits.set_mask(old_mask)
     os.close(write_end)
     try:
         report = b""
@@ -137,7 +151,7 @@ def spawn(spec: ChildSpec) -> int:
     if not report:
         return pid
     os.waitpid(pid, 0)  # the failed child is ours to reap: the error is reported once
-    step, err = struct.unpack("ii", report[:8])
+    step, err = int.from_bytes(report[:4], "little"), int.from_bytes(report[4:8], "little")
     reason = os.strerror(err)
     if step == _STEP_EXEC:
         code = EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE
@@ -155,16 +169,8 @@ def _child(spec: ChildSpec, error_fd: int, parent_pid: int) -> None:
     step = _STEP_SETUP
     try:
         os.setpgid(0, 0)  # its own group: stop and kill reach all it spawned, nothing else
-        for sig in signal.valid_signals():
-            if sig not in _UNCATCHABLE:
-                # SIG_DFL also undoes Python's SIGPIPE ignore; the C library's own
-                # reserved signals refuse the change, which is fine.
-                with contextlib.suppress(OSError, ValueError):
-                    signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        import prctl
-
-        prctl.set_pdeathsig(signal.SIGKILL)
+        sigbits.reset_dispositions()  # SigIgn = 0: also undoes Python's SIGPIPE ignore
+        prctl.set_pdeathsig(sigbits.SIGKILL)
         if os.getppid() != parent_pid:  # the parent died before pdeathsig was armed
             os._exit(EXIT_FAILURE)
         error_fd, exec_fd = _place_fds(spec, error_fd)
@@ -180,7 +186,7 @@ def _child(spec: ChildSpec, error_fd: int, parent_pid: int) -> None:
         env = dict(spec.env)
         env["LISTEN_PID"] = str(os.getpid())  # the child's own pid: the whole point of fork
         step = _STEP_EXEC
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # SigBlk = 0 in the new program
+        sigbits.set_mask(set())  # SigBlk = 0 in the new program
         if exec_fd is not None:
             os.execve(exec_fd, list(spec.argv), env)
         os.execve(spec.program, list(spec.argv), env)
@@ -193,7 +199,7 @@ def _child(spec: ChildSpec, error_fd: int, parent_pid: int) -> None:
 
 def _report(error_fd: int, step: int, err: int) -> None:
     try:
-        os.write(error_fd, struct.pack("ii", step, err))
+        os.write(error_fd, step.to_bytes(4, "little") + err.to_bytes(4, "little"))
     finally:
         code = EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE
         os._exit(code if step == _STEP_EXEC else EXIT_FAILURE)
@@ -207,7 +213,6 @@ def _place_fds(spec: ChildSpec, error_fd: int) -> tuple[int, int | None]:
     """
     count = len(spec.fds)
     low = SD_LISTEN_FDS_START + count
-    import fcntl
 
     temps = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low) for fd in spec.fds]
     error_fd = fcntl.fcntl(error_fd, fcntl.F_DUPFD_CLOEXEC, low)
@@ -227,7 +232,5 @@ def _place_fds(spec: ChildSpec, error_fd: int) -> tuple[int, int | None]:
 
 
 def _max_fd() -> int:
-    import resource
-
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY else 1 << 20

@@ -19,7 +19,8 @@ from typing import Any
 from hotswapd import signals as sigs
 from hotswapd.config import Config
 from hotswapd.errors import EXIT_FAILURE, SpawnError, describe_status, exit_status
-from hotswapd.generation import Generation, launch
+from hotswapd.generation import Generation
+from hotswapd.launch import Spawned, launch
 from hotswapd.listeners import Listener
 from hotswapd.notify import NotifySocket
 from hotswapd.reaper import Reaper, group_alive
@@ -111,7 +112,7 @@ class Supervisor:
         self,
         config: Config,
         listeners: list[Listener],
-        first: Generation,
+        spawned: Spawned,
         environ: dict[str, str],
         credentials: Credentials | None,
         log: Any,
@@ -123,6 +124,7 @@ class Supervisor:
         self.log = log
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.reaper = Reaper(self._child_exited)
+        first = Generation.from_spawned(spawned)
         self.state = State.STARTING
         self.generations: dict[int, Generation] = {first.number: first}
         self.active = first
@@ -396,8 +398,10 @@ class Supervisor:
         number = self.next_number
         notify = NotifySocket(os.getpid(), number) if self.config.ready == "notify" else None
         try:
-            gen = launch(self.config, self.listeners, number, self.environ, self.credentials,
-                         notify=notify, exec_fd=exec_fd, executable=executable)  # fmt: skip
+            gen = Generation.from_spawned(
+                launch(self.config, self.listeners, number, self.environ, self.credentials,
+                       notify=notify, exec_fd=exec_fd, executable=executable)
+            )  # fmt: skip
         except BaseException:
             if notify is not None:
                 notify.close()
@@ -412,16 +416,16 @@ class Supervisor:
         old = self.active
         old.state = GenState.DRAINING
         candidate.state = GenState.ACTIVE
-        if self.previous is not None and self.previous is not old:
-            prev = self.previous
-            self.previous = None
+        self.active = candidate
+        send(old.pid, self.config.drain_signal)  # first: nothing may delay the cutover
+        prev, self.previous = self.previous, old
+        if prev is not None and prev is not old:
+            # Closing the last fd of a replaced binary frees it inside close(2): after the
+            # signal, so the cutover does not wait for the filesystem.
             if not prev.alive:
                 self._forget(prev)
             else:
                 prev.close_exe()
-        self.previous = old
-        self.active = candidate
-        send(old.pid, self.config.drain_signal)
         return old
 
     def rolled_back(self, candidate: Generation) -> None:
@@ -451,8 +455,10 @@ class Supervisor:
         number = self.next_number
         notify = NotifySocket(os.getpid(), number) if self.config.ready == "notify" else None
         try:
-            gen = launch(self.config, self.listeners, number, self.environ, self.credentials,
-                         notify=notify)  # fmt: skip
+            gen = Generation.from_spawned(
+                launch(self.config, self.listeners, number, self.environ, self.credentials,
+                       notify=notify)
+            )  # fmt: skip
         except SpawnError as exc:
             if notify is not None:
                 notify.close()

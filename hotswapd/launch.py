@@ -1,0 +1,145 @@
+"""Launch one generation: its argv and env, its private probe listener, the fork+exec.
+
+Import-light on purpose: generation 1 is launched before asyncio and the other heavy
+modules are imported, so PID 1 costs the server nothing at start. The supervisor
+wraps what this returns into a `Generation` once the event loop runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from hotswapd.errors import UsageError
+from hotswapd.listeners import (
+    SD_LISTEN_FDS_START,
+    clean_environ,
+    listen_env,
+    make_probe_listener,
+    probe_name,
+)
+from hotswapd.spawn import ChildSpec, resolve_program, spawn
+
+TYPE_CHECKING = False  # see config.py
+if TYPE_CHECKING:
+    import _socket
+    from collections.abc import Iterator, Mapping, Sequence
+
+    from hotswapd.config import Config
+    from hotswapd.listeners import Listener
+    from hotswapd.notify import NotifySocket
+    from hotswapd.spawn import Credentials
+
+
+class Spawned:
+    """What a launch produced: the process and the resources hotswapd holds for it."""
+
+    __slots__ = ("number", "pid", "argv", "executable", "started_at", "started_mono", "probe",
+                 "notify", "exe_fd")  # fmt: skip
+
+    def __init__(self, number: int, pid: int, argv: tuple[str, ...], executable: str,
+                 probe: _socket.socket, notify: NotifySocket | None,
+                 exe_fd: int | None) -> None:  # fmt: skip
+        self.number = number
+        self.pid = pid
+        self.argv = argv
+        self.executable = executable
+        self.started_at = time.time()
+        self.started_mono = time.monotonic()
+        self.probe = probe
+        self.notify = notify
+        self.exe_fd = exe_fd
+
+
+def _templates(text: str) -> Iterator[tuple[int, int, str, str]]:
+    """Each `{fd:NAME}` / `{port:NAME}` in text: (start, end, kind, name)."""
+    start = text.find("{")
+    while start >= 0:
+        end = text.find("}", start)
+        if end < 0:
+            return
+        kind, colon, name = text[start + 1 : end].partition(":")
+        if colon and kind in ("fd", "port") and name:
+            yield start, end + 1, kind, name
+            start = text.find("{", end + 1)
+        else:
+            start = text.find("{", start + 1)
+
+
+def check_templates(argv: Sequence[str], names: Sequence[str]) -> None:
+    """Fail at start-up (exit 2) when an adapter template names an unknown listener."""
+    known = set(names) | {probe_name()}
+    for arg in argv:
+        for _, _, _, name in _templates(arg):
+            if name not in known:
+                raise UsageError(f"'{arg}': no listener named '{name}' "
+                                 f"(known: {', '.join(sorted(known))})")  # fmt: skip
+
+
+def substitute(text: str, fds: Mapping[str, int], ports: Mapping[str, int]) -> str:
+    """Replace adapter templates, so servers that take `--fd N` work unmodified."""
+    out = []
+    last = 0
+    for start, end, kind, name in _templates(text):
+        table = fds if kind == "fd" else ports
+        if name in table:
+            out.append(text[last:start])
+            out.append(str(table[name]))
+            last = end
+    out.append(text[last:])
+    return "".join(out)
+
+
+def launch(
+    config: Config,
+    listeners: Sequence[Listener],
+    number: int,
+    environ: Mapping[str, str],
+    credentials: Credentials | None,
+    notify: NotifySocket | None = None,
+    exec_fd: int | None = None,
+    executable: str | None = None,
+) -> Spawned:
+    """Spawn generation `number` on the shared listeners plus its own probe listener."""
+    program = executable or os.path.abspath(resolve_program(config.command[0], environ))
+    probe = make_probe_listener()
+    try:
+        names = [listener.name for listener in listeners] + [probe_name()]
+        fds = {name: SD_LISTEN_FDS_START + index for index, name in enumerate(names)}
+        ports = {listener.name: listener.port() for listener in listeners}
+        ports[probe_name()] = int(probe.getsockname()[1])
+        env = clean_environ(environ)
+        env.update(listen_env(names))
+        if notify is not None:
+            env["NOTIFY_SOCKET"] = notify.address
+        env = {key: substitute(value, fds, ports) for key, value in env.items()}
+        argv = tuple(substitute(arg, fds, ports) for arg in config.command)
+        spec = ChildSpec(
+            program=program,
+            argv=argv,
+            env=env,
+            fds=[listener.sock.fileno() for listener in listeners] + [probe.fileno()],
+            credentials=credentials,
+            no_new_privs=config.no_new_privs,
+            exec_fd=exec_fd,
+        )
+        pid = spawn(spec)
+    except BaseException:
+        probe.close()
+        raise
+    return Spawned(number, pid, argv, program, probe, notify, _open_executable(pid, program))
+
+
+def _open_executable(pid: int, program: str) -> int | None:
+    """Keep the exact file this generation runs open, so rollback survives a rebuild.
+
+    /proc/PID/exe is the ELF that was exec'd even after the path is replaced; for a
+    #! script it is the interpreter, so the script path itself is opened instead.
+    """
+    try:
+        with open(program, "rb") as handle:
+            is_script = handle.read(2) == b"#!"
+        path = program if is_script else f"/proc/{pid}/exe"
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
