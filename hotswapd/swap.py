@@ -282,6 +282,9 @@ class SwapTransaction:
         self.outcome.outcome = "rolled_back"
         self.outcome.reason = reason
         candidate = self.candidate
+        if candidate is not None:
+            # Mark the failure itself, so the gate's time is not counted as stop time.
+            self._phase("gate_failed")
         self.hooks.log.error(
             "swap_rolled_back",
             swap=self.outcome.swap_id,

@@ -19,8 +19,12 @@ for version in 3.12 3.13; do
     [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
     stamp=$venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
     if [[ ! -e $stamp ]]; then
-        "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-        "$venv/bin/python" -m pip install -q . pytest pytest-timeout
+        log=$(mktemp)
+        if ! { "$venv/bin/python" -m pip install -q --upgrade pip &&
+               "$venv/bin/python" -m pip install -q . pytest pytest-timeout; } >"$log" 2>&1; then
+            cat "$log" >&2; echo "smoke: pip install failed on $version" >&2; exit 1
+        fi
+        rm -f "$log"
         touch "$stamp"
     fi
     echo "== smoke on $("$venv/bin/python" --version)"
