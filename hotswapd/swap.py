@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from hotswapd.errors import SpawnError, describe_status
 from hotswapd.generation import Generation
 from hotswapd.listeners import accept_queue_length
 from hotswapd.reaper import Reaper
+from hotswapd.spawn import resolve_program
 from hotswapd.stop import stop_generation
 
 ETXTBSY_RETRY_S = 5.0  # how long to wait for a writer to close a freshly built binary
@@ -55,6 +57,7 @@ class SwapHooks(Protocol):
     config: Config
     reaper: Reaper
     log: Any
+    environ: dict[str, str]
 
     def launch_candidate(self, exec_fd: int | None, executable: str | None) -> Generation: ...
 
@@ -178,7 +181,8 @@ class SwapTransaction:
         if refusal:
             raise SpawnError(f"swap refused: {refusal}", 1)
         if self.exec_fd is None:
-            program = self.executable or self.old.executable
+            # Resolved again at every swap: a new file at that path, or earlier in PATH.
+            program = self.executable or self._resolve(config.command[0])
             problem = elf.check_program(program)
             if problem:
                 raise SpawnError(f"swap refused: {program} {problem}", 126)
@@ -206,6 +210,14 @@ class SwapTransaction:
         if config.canary > 0:
             await self._guard(self._canary(), config.canary + config.health_timeout, "the canary")
             self._phase("canary_ok", canary_s=config.canary)
+
+    def _resolve(self, name: str) -> str:
+        if "/" in name:
+            return os.path.abspath(name)
+        try:
+            return os.path.abspath(resolve_program(name, self.hooks.environ))
+        except SpawnError as exc:
+            raise SpawnError(f"swap refused: {exc}", exc.exit_code) from None
 
     async def _spawn(self) -> Generation:
         """Spawn the candidate; ETXTBSY means a writer still holds the file: wait and retry."""
@@ -316,8 +328,6 @@ class SwapTransaction:
 
 def file_sha256(path: str | int) -> str | None:
     """The executable's hash for status; reads through an fd when given one."""
-    import os
-
     try:
         fd = os.dup(path) if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:

@@ -1,0 +1,90 @@
+"""The watcher end to end: real builds and edits under a running hotswapd as PID 1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import GO_SERVER_SRC, go_binary, wait_until
+from tests.load import Load
+
+Start = Any
+OPTIONS = ["--listen", "http=tcp://127.0.0.1:0", "--health", "/healthz", "--settle", "0",
+           "--debounce", "100ms", "--drain-timeout", "5s"]  # fmt: skip
+
+
+def go_build(out: Path, version: str) -> None:
+    """`go build -o` straight into the watched path, as a developer's rebuild does."""
+    env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
+    env.setdefault("GOCACHE", str(GO_SERVER_SRC.parent.parent / "build" / "gocache"))
+    subprocess.run([go_binary(), "build", "-o", str(out), "-ldflags", f"-X main.version={version}",
+                    "."], cwd=GO_SERVER_SRC, env=env, check=True)  # fmt: skip
+
+
+def test_go_build_into_the_watched_path_under_load(hotswapd: Start, go_server: Any,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    """`go build -o` over the running binary: exactly one swap, 0 failed requests."""
+    program = tmp_path / "bin" / "server"
+    program.parent.mkdir()
+    shutil.copy2(go_server("v1"), program)
+    run = hotswapd([*OPTIONS, "--watch", str(program)], [str(program)])
+    port = run.port()
+    run.wait_event("supervising")
+    with Load(port, connections=4) as load:
+        go_build(program, "v2")
+        finished = run.wait_event("swap_finished", timeout=30)
+        count = load.count()
+        wait_until(lambda: load.count() > count + 50, 10, "load after the swap")
+        result = load.stop()
+    assert finished["outcome"] == "committed"
+    assert result.failures == []
+    assert set(result.versions) == {"v1", "v2"}
+    assert len(run.events("swap_requested", source="watch")) == 1
+    go_build(program, "v2")  # up to date: go only touches the file's mtime
+    wait_until(
+        lambda: (
+            run.events("ignored: touch only", path=str(program))
+            or run.events("ignored: identical content", path=str(program))
+        ),
+        15,
+        "the identical rebuild to be ignored",
+    )
+    assert len(run.events("swap_requested")) == 1
+
+
+def test_sed_i_on_a_config_sends_one_hup_and_no_swap(hotswapd: Start, go_server: Any,
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    """`sed -i` on a config watched with =signal:HUP: one SIGHUP per change, never a swap."""
+    config = tmp_path / "etc" / "app.conf"
+    config.parent.mkdir()
+    config.write_text("port: 1\n")
+    run = hotswapd([*OPTIONS, "--watch", f"{config}=signal:HUP"],
+                   [str(go_server("v1")), "-config", str(config)])  # fmt: skip
+    run.wait_event("supervising")
+    run.wait_stdout("ready pid=")
+    subprocess.run(["sed", "-i", "s/port: 1/port: 22/", str(config)], check=True)
+    run.wait_stdout("config reloaded 9 bytes")
+    subprocess.run(["sed", "-i", "s/port: 22/port: 333/", str(config)], check=True)
+    run.wait_stdout("config reloaded 10 bytes")
+    assert len(run.stdout_matching(lambda line: line == "SIGHUP received")) == 2
+    assert run.events("swap_requested") == []
+
+
+def test_inotify_fd_never_reaches_the_child(hotswapd: Start, go_server: Any,
+                                            tmp_path: Path) -> None:  # fmt: skip
+    """The watcher's inotify fd is close-on-exec: the child holds only stdio and listeners."""
+    program = tmp_path / "server"
+    shutil.copy2(go_server("v1"), program)
+    run = hotswapd([*OPTIONS, "--watch", str(program)], [str(program)])
+    run.wait_event("supervising")
+    first = run.wait_event("spawned")
+
+    def links(pid: int) -> list[str]:
+        return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+
+    assert "anon_inode:inotify" in links(run.pid)
+    child = run.outside_pid(int(first["pid"]))
+    assert "anon_inode:inotify" not in links(child)
