@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hotswapd.config import WatchSpec
 from hotswapd.log import configure
+from hotswapd.values import WatchSpec
 from hotswapd.watch import Watcher
 
 MODES = ("inotify", "auto")

@@ -35,11 +35,12 @@ from typing import Any
 
 from aiohttp import web
 
-from hotswapd.config import BadValue, Config, parse_signal
+from hotswapd.config import Config
 from hotswapd.errors import HotswapdError
 from hotswapd.signals import name as signal_name
 from hotswapd.status import build_status
 from hotswapd.supervisor import SignalRequested, SwapRequested
+from hotswapd.units import BadValue, parse_signal
 
 SOCKET_NAME = "control.sock"
 RUN_DIR = "/run/hotswapd"

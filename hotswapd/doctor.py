@@ -29,9 +29,10 @@ from typing import Any
 
 from hotswapd import control, elf
 from hotswapd.cli import parse_run_args
-from hotswapd.config import Config, format_size
+from hotswapd.config import Config
 from hotswapd.errors import EXIT_FAILURE, EXIT_OK, SpawnError
 from hotswapd.spawn import resolve_program
+from hotswapd.units import format_size
 
 BLIND_FS = ("nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs", "vboxsf", "fakeowner", "grpcfuse")
 CLONE_NEWNS, MS_REC, MS_PRIVATE, MNT_DETACH = 0x20000, 0x4000, 0x40000, 2

@@ -18,15 +18,15 @@ import errno
 import os
 import stat
 
-from hotswapd.config import PROBE_LISTENER_NAME
 from hotswapd.errors import ListenError
+from hotswapd.values import PROBE_LISTENER_NAME
 
 TYPE_CHECKING = False  # see config.py
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-    from hotswapd.config import ListenSpec
+    from hotswapd.values import ListenSpec
 
 SD_LISTEN_FDS_START = 3
 INHERITED_ENV = ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "LISTEN_PIDFDID", "NOTIFY_SOCKET")

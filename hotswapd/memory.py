@@ -13,7 +13,8 @@ import os
 
 import psutil
 
-from hotswapd.config import MemoryGrowth, format_size
+from hotswapd.units import format_size
+from hotswapd.values import MemoryGrowth
 
 
 def tree_rss(pid: int) -> int:

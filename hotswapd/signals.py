@@ -54,6 +54,6 @@ def uninstall(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def name(sig: int) -> str:
-    from hotswapd.config import signal_name
+    from hotswapd.units import signal_name
 
     return signal_name(sig)

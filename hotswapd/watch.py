@@ -36,10 +36,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hotswapd import watch_inotify as ino
-from hotswapd.config import WatchSpec
 from hotswapd.elf import check_program
 from hotswapd.errors import HotswapdError
 from hotswapd.log import get_logger
+from hotswapd.values import WatchSpec
 
 MODES = ("auto", "inotify", "poll")
 StatKey = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from hotswapd import config as hs
-from hotswapd import ctl, deploy
+from hotswapd import ctl, deploy, units
 from hotswapd.config import Config
 from hotswapd.errors import UsageError
 
@@ -205,7 +205,7 @@ def test_image_stop_timeout_fits_docker_stop_default(runtime: Stage) -> None:
     """hotswapd's own stop escalation ends before `docker stop` would SIGKILL the container."""
     config = run_config(ENTRYPOINT[1:], hotswapd_env(env_assignments(runtime)))
     assert config.stop_timeout < DOCKER_STOP_DEFAULT_S
-    assert hs.parse_signal(runtime.one("STOPSIGNAL")) == signal.SIGTERM
+    assert units.parse_signal(runtime.one("STOPSIGNAL")) == signal.SIGTERM
 
 
 def test_healthcheck_needs_no_curl_and_asks_the_served_port(runtime: Stage) -> None:
@@ -217,7 +217,7 @@ def test_healthcheck_needs_no_curl_and_asks_the_served_port(runtime: Stage) -> N
     compile(argv[2], "<HEALTHCHECK>", "exec")
     assert "http://127.0.0.1:8080/healthz" in argv[2]
     timings = dict(option.lstrip("-").split("=") for option in options.split())
-    assert hs.parse_duration(timings["timeout"]) < hs.parse_duration(timings["interval"])
+    assert units.parse_duration(timings["timeout"]) < units.parse_duration(timings["interval"])
 
 
 def test_dockerfile_stages_build_static_go_and_a_lean_runtime(stages: list[Stage]) -> None:
@@ -490,7 +490,7 @@ def test_compose_dev_service_swaps_a_bind_mounted_directory(compose: dict[str, A
     (command,) = HOST_BUILD.findall(COMPOSE.read_text())
     built = (REPO / command[0] / command[1]).resolve()
     assert built == source / program.name, "the documented build writes into the mount"
-    assert hs.parse_duration(app["stop_grace_period"]) > config.stop_timeout
+    assert units.parse_duration(app["stop_grace_period"]) > config.stop_timeout
 
 
 def test_compose_only_dev_entrypoint_overrides_the_image(compose: dict[str, Any]) -> None:
@@ -514,7 +514,7 @@ def test_compose_watch_alternative_sees_its_path(compose: dict[str, Any]) -> Non
         assert path.exists()
         relative = path.relative_to(REPO).as_posix()
         assert not excluded(relative, patterns), "compose watch skips .dockerignore'd paths"
-    assert hs.parse_duration(service["stop_grace_period"]) > hs.parse_duration(
+    assert units.parse_duration(service["stop_grace_period"]) > units.parse_duration(
         env_assignments(dockerfile_stages(DOCKERFILE.read_text())[-1])["HOTSWAPD_STOP_TIMEOUT"]
     )
 
@@ -558,10 +558,10 @@ def test_kubernetes_grace_period_outlasts_drain_and_stop(kube: dict[str, dict[st
     config = _kube_config(container)
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    budget = hs.parse_duration(pre_stop[1]) + config.drain_timeout + config.stop_timeout
+    budget = units.parse_duration(pre_stop[1]) + config.drain_timeout + config.stop_timeout
     assert int(pod["terminationGracePeriodSeconds"]) > budget
     server_args = list(config.command[1:])
-    shutdown = hs.parse_duration(server_args[server_args.index("-shutdown-timeout") + 1])
+    shutdown = units.parse_duration(server_args[server_args.index("-shutdown-timeout") + 1])
     assert shutdown < min(config.drain_timeout, config.stop_timeout)
 
 
@@ -607,9 +607,9 @@ def test_kubernetes_control_socket_and_probes(
 def test_kubernetes_memory_limit_holds_two_generations(kube: dict[str, dict[str, Any]]) -> None:
     """The memory limit fits hotswapd plus two servers at GOMEMLIMIT each (both run mid-swap)."""
     container = _container(kube)
-    limit = hs.parse_size(container["resources"]["limits"]["memory"])
+    limit = units.parse_size(container["resources"]["limits"]["memory"])
     environ = {item["name"]: item["value"] for item in container["env"]}
-    assert limit >= HOTSWAPD_RSS + 2 * hs.parse_size(environ["GOMEMLIMIT"])
+    assert limit >= HOTSWAPD_RSS + 2 * units.parse_size(environ["GOMEMLIMIT"])
 
 
 def test_kubernetes_runs_as_the_images_user(

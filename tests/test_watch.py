@@ -29,8 +29,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from hotswapd import watch_inotify as ino
-from hotswapd.config import WatchSpec
 from hotswapd.log import configure
+from hotswapd.values import WatchSpec
 from hotswapd.watch import Watcher, WatchError
 
 DEBOUNCE = 0.05
