@@ -37,9 +37,9 @@ from aiohttp import web
 
 from hotswapd.config import Config
 from hotswapd.errors import HotswapdError
+from hotswapd.events import SignalRequested, SwapRequested
 from hotswapd.signals import name as signal_name
 from hotswapd.status import build_status
-from hotswapd.supervisor import SignalRequested, SwapRequested
 from hotswapd.units import BadValue, parse_signal
 
 SOCKET_NAME = "control.sock"

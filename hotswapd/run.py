@@ -118,7 +118,7 @@ async def _main(
         sources = await _start_sources(config, supervisor, log, sources)
     except HotswapdError as exc:
         # Generation 1 already runs: stop it the normal way rather than orphan it.
-        from hotswapd.supervisor import StopRequested
+        from hotswapd.events import StopRequested
 
         supervisor.post(StopRequested(exc.exit_code, str(exc)))
     log.info("supervising", generation=first.number, pid=first.pid,
@@ -136,7 +136,7 @@ async def _start_sources(
 ) -> list[Any]:
     """Start the optional event sources, adding each one's async close function to `closers`."""
     if config.watch:
-        from hotswapd.supervisor import SignalRequested, SwapRequested
+        from hotswapd.events import SignalRequested, SwapRequested
         from hotswapd.watch import Watcher
 
         def on_change(spec: Any, reason: str) -> None:

@@ -13,12 +13,23 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from hotswapd import signals as sigs
 from hotswapd.config import Config
 from hotswapd.errors import EXIT_FAILURE, SpawnError, describe_status, exit_status
+from hotswapd.events import (
+    ChildExited,
+    Counters,
+    Event,
+    RestartDue,
+    SignalReceived,
+    SignalRequested,
+    StopFinished,
+    StopRequested,
+    SwapFinished,
+    SwapRequested,
+)
 from hotswapd.generation import Generation
 from hotswapd.launch import Spawned, launch
 from hotswapd.listeners import Listener
@@ -34,75 +45,7 @@ RESTART_BACKOFF_CAP_S = 30.0  # a crash loop settles at one attempt per 30 s
 RESTART_HEALTHY_RUN_S = 10.0  # a run this long resets the backoff
 
 
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class SignalReceived:
-    signum: int
-
-
-@dataclass(frozen=True)
-class ChildExited:
-    pid: int
-    status: int
-
-
-@dataclass
-class SwapRequested:
-    source: str  # signal | watch | ctl | rollback
-    reason: str = ""
-    rollback: bool = False
-    reply: asyncio.Future[SwapOutcome] | None = None
-    on_phase: Callable[[str, dict[str, Any]], None] | None = None
-    joined: list[SwapRequested] = field(default_factory=list)  # coalesced into this one
-
-
-@dataclass(frozen=True)
-class SwapFinished:
-    outcome: SwapOutcome
-
-
-@dataclass(frozen=True)
-class SignalRequested:
-    signum: int
-    source: str
-
-
-@dataclass(frozen=True)
-class RestartDue:
-    pass
-
-
-@dataclass(frozen=True)
-class StopFinished:
-    pass
-
-
-@dataclass(frozen=True)
-class StopRequested:
-    exit_code: int
-    reason: str
-
-
-Event = (
-    SignalReceived | ChildExited | SwapRequested | SwapFinished | SignalRequested | RestartDue
-    | StopFinished | StopRequested
-)  # fmt: skip
-
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-_JOB_CONTROL = {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
-
-
-@dataclass
-class Counters:
-    swaps_committed: int = 0
-    swaps_rolled_back: int = 0
-    swaps_refused: int = 0
-    swaps_coalesced: int = 0
-    restarts: int = 0
-    signals_forwarded: int = 0
-    rollback_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class Supervisor:

@@ -1,0 +1,77 @@
+"""The supervisor's events: what signals, the reaper, the watcher, the control socket
+and its own tasks put on the one queue. Each has a `handle_<event>` in the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hotswapd.swap import SwapOutcome
+
+
+@dataclass(frozen=True)
+class SignalReceived:
+    signum: int
+
+
+@dataclass(frozen=True)
+class ChildExited:
+    pid: int
+    status: int
+
+
+@dataclass
+class SwapRequested:
+    source: str  # signal | watch | ctl | rollback
+    reason: str = ""
+    rollback: bool = False
+    reply: asyncio.Future[SwapOutcome] | None = None
+    on_phase: Callable[[str, dict[str, Any]], None] | None = None
+    joined: list[SwapRequested] = field(default_factory=list)  # coalesced into this one
+
+
+@dataclass(frozen=True)
+class SwapFinished:
+    outcome: SwapOutcome
+
+
+@dataclass(frozen=True)
+class SignalRequested:
+    signum: int
+    source: str
+
+
+@dataclass(frozen=True)
+class RestartDue:
+    pass
+
+
+@dataclass(frozen=True)
+class StopFinished:
+    pass
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    exit_code: int
+    reason: str
+
+
+Event = (
+    SignalReceived | ChildExited | SwapRequested | SwapFinished | SignalRequested | RestartDue
+    | StopFinished | StopRequested
+)  # fmt: skip
+
+
+@dataclass
+class Counters:
+    swaps_committed: int = 0
+    swaps_rolled_back: int = 0
+    swaps_refused: int = 0
+    swaps_coalesced: int = 0
+    restarts: int = 0
+    signals_forwarded: int = 0
+    rollback_reasons: dict[str, int] = field(default_factory=dict)
