@@ -94,6 +94,11 @@ class Hotswapd:
             stdin=stdin, start_new_session=True,
         )  # fmt: skip
         self.pid1 = pid1
+        self._read_output()
+        self.pid = self._find_pid()
+
+    def _read_output(self) -> None:
+        """Collect stdout and stderr lines (and parse the JSON log lines) in the background."""
         self.logs: list[dict[str, Any]] = []
         self.stderr_lines: list[str] = []
         self.stdout_lines: list[str] = []
@@ -104,7 +109,6 @@ class Hotswapd:
         ]
         for thread in self._threads:
             thread.start()
-        self.pid = self._find_pid()
 
     def _find_pid(self) -> int:
         if not self.pid1:

@@ -6,7 +6,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,23 +26,6 @@ def use_tmpfile(request: pytest.FixtureRequest) -> bool:
     """Run the test through the O_TMPFILE path and through the named temp file fallback."""
     value: bool = request.param
     return value
-
-
-@pytest.fixture
-def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """Mount tmpfs filesystems with the given options under tmp_path; unmount them after."""
-    mounted: list[Path] = []
-
-    def mount(options: str) -> Path:
-        point = tmp_path / f"mnt{len(mounted)}"
-        point.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], check=True)
-        mounted.append(point)
-        return point
-
-    yield mount
-    failed = [p for p in reversed(mounted) if subprocess.run(["umount", str(p)]).returncode]
-    assert not failed, f"could not unmount {failed}"
 
 
 def make_file(path: Path, data: bytes, mode: int = 0o644) -> Path:

@@ -8,7 +8,7 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,23 +89,6 @@ def copy_executable(src: str, dest: Path, keep: float = 1.0, mode: int = 0o755) 
     dest.write_bytes(data[: int(len(data) * keep)])
     dest.chmod(mode)
     return dest
-
-
-@pytest.fixture
-def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """Mount tmpfs filesystems with the given options under tmp_path; unmount them after."""
-    mounted: list[Path] = []
-
-    def mount(options: str) -> Path:
-        point = tmp_path / f"mnt{len(mounted)}"
-        point.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], check=True)
-        mounted.append(point)
-        return point
-
-    yield mount
-    failed = [p for p in reversed(mounted) if subprocess.run(["umount", str(p)]).returncode]
-    assert not failed, f"could not unmount {failed}"
 
 
 # --------------------------------------------------------------------------- complete programs

@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -235,16 +234,7 @@ class RuncRun(Hotswapd):
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      start_new_session=True)  # fmt: skip
         self.pid1 = True
-        self.logs: list[dict[str, Any]] = []
-        self.stderr_lines: list[str] = []
-        self.stdout_lines: list[str] = []
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._pump, args=(self.proc.stderr, True), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stdout, False), daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._read_output()
         self.pid = wait_until(self._init_pid, 15, lambda: f"the container to run\n{self.tail()}")
 
     def _init_pid(self) -> int | None:
