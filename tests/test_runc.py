@@ -163,6 +163,10 @@ class Container:
         tmp = ["nosuid", "nodev", "mode=1777", "size=64m"]
         spec["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
                                "options": tmp})  # fmt: skip
+        if REPO.is_relative_to("/tmp"):
+            # A checkout under /tmp (a CI clone) is hidden by that tmpfs: bring it back.
+            spec["mounts"].append({"destination": str(REPO), "type": "bind",
+                                   "source": str(REPO), "options": ["rbind", "ro"]})  # fmt: skip
         linux = spec["linux"]
         # No network namespace: the container shares the host's, loopback included.
         linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] != "network"]
