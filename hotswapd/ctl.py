@@ -28,7 +28,7 @@ _PHASE_WORDS = {
     "checked": "program checked", "spawned": "spawned", "notified": "READY=1 received",
     "ready": "ready (health check passed)", "settled": "settled", "memory_ok": "memory ok",
     "canary_ok": "canary ok", "cutover": "cutover", "old_exited": "old generation exited",
-    "candidate_stopped": "candidate stopped",
+    "gate_failed": "gate failed", "candidate_stopped": "candidate stopped",
 }  # fmt: skip
 
 
@@ -189,7 +189,9 @@ def render_table(status: dict[str, Any]) -> str:
     out.append(f"watch: {watch['mode']}" + (f" ({watch['reason']})" if watch.get("reason") else ""))
     for entry in watch["paths"]:
         entry = entry if isinstance(entry, dict) else {"path": entry}
-        details = ", ".join(f"{key} {value}" for key, value in entry.items() if key != "path")
+        details = ", ".join(
+            f"{key} {value}" for key, value in entry.items() if key != "path" and value != ""
+        )
         out.append(f"  {entry['path']}" + (f" ({details})" if details else ""))
     counters = {**status["counters"], "orphans_reaped": status["orphans_reaped"]}
     out.append(

@@ -93,13 +93,18 @@ def main() -> int:
     for swap in swaps:
         phases = swap["phases"]
 
-        def ms(name: str, phases: dict[str, float] = phases) -> str:
-            return f"{phases[name] * 1000:.1f}" if name in phases else "-"
+        def ms(*names: str, phases: dict[str, float] = phases) -> str:
+            for name in names:
+                if name in phases:
+                    return f"{phases[name] * 1000:.1f}"
+            return "-"
 
-        print(f"{swap['to']:<9}{swap['outcome']:<13}{ms('spawned'):>8}{ms('ready'):>8}"
-              f"{ms('settled'):>8}{ms('memory_ok'):>8}{ms('cutover'):>9}{ms('old_exited'):>8}"
+        print(f"{swap['to']:<9}{swap['outcome']:<13}{ms('spawned'):>8}"
+              f"{ms('ready', 'gate_failed'):>8}{ms('settled'):>8}{ms('memory_ok'):>8}"
+              f"{ms('cutover'):>9}{ms('old_exited', 'candidate_stopped'):>8}"
               f"  {swap['reason']}")  # fmt: skip
-    print("  (milliseconds per phase)")
+    print("  (milliseconds per phase; a rolled-back swap shows its failed gate under 'ready'")
+    print("   and the candidate's stop under 'drain')")
     print()
     print("responses by version: " + ", ".join(f"{version} {count}" for version, count in
                                                sorted(result.versions.items())))  # fmt: skip
