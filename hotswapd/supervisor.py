@@ -363,13 +363,17 @@ class Supervisor:
         send(old.pid, self.config.drain_signal)  # first: nothing may delay the cutover
         prev, self.previous = self.previous, old
         if prev is not None and prev is not old:
-            # Closing the last fd of a replaced binary frees it inside close(2): after the
-            # signal, so the cutover does not wait for the filesystem.
-            if not prev.alive:
-                self._forget(prev)
-            else:
-                prev.close_exe()
+            # Closing the last fd of a replaced binary frees it inside close(2), which takes
+            # milliseconds for a large file: do it on a later loop turn, off the cutover.
+            asyncio.get_running_loop().call_soon(self._release, prev)
         return old
+
+    def _release(self, gen: Generation) -> None:
+        """Let go of a generation no one can roll back to any more."""
+        if not gen.alive:
+            self._forget(gen)
+        else:
+            gen.close_exe()
 
     def rolled_back(self, candidate: Generation) -> None:
         candidate.state = GenState.ROLLED_BACK
