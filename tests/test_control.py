@@ -262,6 +262,7 @@ def test_signal_forwarded_to_active(hotswapd: Start, tmp_path: Path) -> None:
     run = hotswapd(["--control-socket", sock],
                    [sys.executable, str(REPO / "tests" / "children" / "child.py")])  # fmt: skip
     run.wait_stdout("ready")
+    run.wait_event("control_listening")  # the child can be up before hotswapd's socket is
     result = run_cli("ctl", "--control-socket", sock, "signal", "HUP")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("sent SIGHUP to generation 1")
