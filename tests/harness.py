@@ -77,6 +77,7 @@ class Hotswapd:
         env: dict[str, str] | None = None,
         cwd: str | Path | None = None,
         stdin: int | None = subprocess.DEVNULL,
+        wrapper: Sequence[str] = (),
     ) -> None:
         full_env = dict(os.environ)
         full_env.setdefault("HOTSWAPD_LOG_FORMAT", "json")
@@ -84,7 +85,7 @@ class Hotswapd:
         full_env.pop("HOTSWAPD_CONTROL_SOCKET", None)
         if env:
             full_env.update(env)
-        argv = [*HOTSWAPD, *options, "--", *command]
+        argv = [*wrapper, *HOTSWAPD, *options, "--", *command]
         if pid1:
             argv = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *argv]
         self.argv = argv

@@ -448,3 +448,69 @@ def test_thousand_swaps_keep_fds_and_rss_flat(hotswapd: Start) -> None:
     assert run.zombies() == []
     assert proc_state(run.pid) in ("S", "R")
     assert len(descendants(run.pid)) == 1
+
+
+# ----------------------------------------------------------------------------- cgroup headroom
+
+
+def _memory_cgroup_dir() -> Path | None:
+    """This process's memory cgroup directory (v1 controller or the v2 unified tree)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            base = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            return base if base.is_dir() else None
+        if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            base = Path("/sys/fs/cgroup") / path.lstrip("/")
+            if "memory" in (base / "cgroup.controllers").read_text():
+                return base
+    return None
+
+
+@pytest.fixture
+def memory_cgroup(tmp_path: Path) -> Any:
+    """A child memory cgroup of our own; removed at teardown."""
+    parent = _memory_cgroup_dir()
+    if parent is None:
+        pytest.skip("no writable memory cgroup on this machine")
+    group = parent / f"hotswapd-headroom-{os.getpid()}-{tmp_path.name[-8:]}"
+    group.mkdir()
+    yield group
+    for _ in range(50):
+        try:
+            group.rmdir()
+            break
+        except OSError:
+            wait_until(lambda: not (group / "cgroup.procs").read_text().strip(), 5, "empty cgroup")
+
+
+def test_swap_refused_when_the_cgroup_cannot_hold_two_generations(
+    hotswapd: Start, program: Path, go_server: Any, tmp_path: Path, memory_cgroup: Path
+) -> None:
+    """Under a memory limit with less headroom than the serving generation uses, the swap is
+    refused before anything is spawned: an OOM kill in the overlap could hit the old one."""
+    limit_file = memory_cgroup / (
+        "memory.limit_in_bytes" if (memory_cgroup / "memory.limit_in_bytes").exists()
+        else "memory.max"
+    )  # fmt: skip
+    limit_file.write_text(str(320 * 1024 * 1024))
+    fat = tmp_path / "fat-server"
+    shutil.copy2(go_server("fat", "-X main.allocMiB=200"), fat)
+    install(fat, program)
+    wrapper = tmp_path / "in-cgroup.sh"
+    wrapper.write_text(f'#!/bin/sh\necho $$ > {memory_cgroup}/cgroup.procs\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    run = Hotswapd(["--listen", "http=tcp://127.0.0.1:0", *GATED], [str(program)], pid1=False,
+                   wrapper=[str(wrapper)])  # fmt: skip
+    try:
+        run.wait_stdout("ready pid=")
+        run.wait_event("supervising")
+        pid = int(run.wait_event("spawned")["pid"])
+        outcome = swap(run, 1)
+        assert outcome["outcome"] == "rolled_back"
+        assert "swap refused: only" in outcome["reason"]
+        assert "left under the cgroup memory limit" in outcome["reason"]
+        assert outcome["active_pid"] == pid
+        assert not run.events("swap_spawned")  # nothing was started
+    finally:
+        run.kill_tree()
