@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,29 @@ def test_inotify_fd_never_reaches_the_child(hotswapd: Start, go_server: Any,
     assert "anon_inode:inotify" in links(run.pid)
     child = run.outside_pid(int(first["pid"]))
     assert "anon_inode:inotify" not in links(child)
+
+
+def _wakeups(pid: int) -> int:
+    """Times the process went to sleep and woke up (voluntary context switches)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+def test_idle_hotswapd_in_inotify_mode_never_wakes_up(hotswapd: Start, tmp_path: Path) -> None:
+    """With --watch-mode inotify an idle hotswapd has no timer at all; auto mode does tick."""
+    program = tmp_path / "prog"
+    shutil.copy2("/bin/sleep", program)
+    counts = {}
+    for mode in ("inotify", "auto"):
+        run = hotswapd(["--watch-mode", mode, "--poll-interval", "200ms", "--watch",
+                        str(program)], [str(program), "300"], pid1=False)  # fmt: skip
+        run.wait_event("supervising")
+        wait_until(lambda: run.events("watching"), 10, "the watcher")  # noqa: B023
+        before = _wakeups(run.pid)
+        time.sleep(1.5)  # the measurement window itself, not a synchronisation
+        counts[mode] = _wakeups(run.pid) - before
+        run.kill_tree()
+    assert counts["inotify"] == 0
+    assert counts["auto"] >= 3  # the 200 ms safety-net stat: the measure can see wake-ups
