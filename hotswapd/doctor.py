@@ -10,68 +10,36 @@ up by other containers of the same user, a dynamic binary in a `scratch` image.
 
 Doctor changes nothing. To look underneath a mount it forks a child that unmounts it in
 a private mount namespace of its own (a doctor run is not PID 1's supervisor: it may fork).
+
+This module is the command: the options, the order of the checks, the printed lines and
+the exit code, plus the checks that fit in a screen (init, signals, program, listen,
+memory, control). The Finding line and the /proc reads are in doctor_check.py; the mount
+table and what a mount hides in doctor_mounts.py; the per-user inotify limits in
+doctor_inotify.py.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import functools
-import json
 import os
-import re
 import signal
 import socket
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 from hotswapd import control, elf
 from hotswapd.cli import parse_run_args
 from hotswapd.config import Config
+from hotswapd.doctor_check import Finding, read_text, status_field
+
+# `X as X` re-exports: tests/test_doctor.py counts inotify use as doctor.inotify_usage.
+from hotswapd.doctor_inotify import IN_MODIFY as IN_MODIFY
+from hotswapd.doctor_inotify import check_inotify
+from hotswapd.doctor_inotify import inotify_usage as inotify_usage
+from hotswapd.doctor_mounts import Mount, check_path, mounts
 from hotswapd.errors import EXIT_FAILURE, EXIT_OK, SpawnError
 from hotswapd.spawn import resolve_program
 from hotswapd.units import format_size
-
-BLIND_FS = ("nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs", "vboxsf", "fakeowner", "grpcfuse")
-CLONE_NEWNS, MS_REC, MS_PRIVATE, MNT_DETACH = 0x20000, 0x4000, 0x40000, 2
-IN_MODIFY = 0x2
-
-
-@dataclass(frozen=True)
-class Finding:
-    level: str  # ok | warn | fail
-    check: str
-    finding: str
-    fix: str = ""
-
-    def line(self) -> str:
-        text = f"{self.level:<4}  {self.check}: {self.finding}"
-        return f"{text} — {self.fix}" if self.fix else text
-
-
-@dataclass(frozen=True)
-class Mount:
-    point: str
-    root: str  # the part of the source filesystem shown here ("/" unless a bind mount)
-    fstype: str
-    source: str
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
-def _status_field(pid: int | str, key: str) -> str:
-    for line in (_read(f"/proc/{pid}/status") or "").splitlines():
-        if line.startswith(key + ":"):
-            return line.split(":", 1)[1].strip()
-    return ""
 
 
 def _signals_in(mask: str) -> list[int]:
@@ -91,7 +59,7 @@ def check_init() -> Iterator[Finding]:
         yield Finding("ok", "init", "running as PID 1: every orphan is reaped here and every "
                       "signal sent to the container arrives here")  # fmt: skip
         return
-    cmdline = (_read("/proc/1/cmdline") or "").replace("\0", " ").strip() or "?"
+    cmdline = (read_text("/proc/1/cmdline") or "").replace("\0", " ").strip() or "?"
     if "hotswapd" in cmdline:
         yield Finding("ok", "init", f"PID 1 is hotswapd ({cmdline[:60]})")
         return
@@ -99,7 +67,7 @@ def check_init() -> Iterator[Finding]:
                   "a child subreaper, reaping the orphans below it only",
                   'make hotswapd the ENTRYPOINT in exec form: ENTRYPOINT ["hotswapd", ..., "--", '
                   '"/app/server"]')  # fmt: skip
-    if signal.SIGTERM not in _signals_in(_status_field(1, "SigCgt")):
+    if signal.SIGTERM not in _signals_in(status_field(1, "SigCgt")):
         yield Finding(
             "warn",
             "signals",
@@ -110,8 +78,8 @@ def check_init() -> Iterator[Finding]:
 
 
 def check_signals(config: Config) -> Iterator[Finding]:
-    ignored = _signals_in(_status_field("self", "SigIgn"))
-    blocked = _signals_in(_status_field("self", "SigBlk"))
+    ignored = _signals_in(status_field("self", "SigIgn"))
+    blocked = _signals_in(status_field("self", "SigBlk"))
     relevant = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, config.swap_signal}
     for what, sigs in (("ignored", ignored), ("blocked", blocked)):
         hit = sorted(set(sigs) & relevant)
@@ -132,187 +100,6 @@ def check_signals(config: Config) -> Iterator[Finding]:
     clean = "" if relevant & {*ignored, *blocked} else "; none inherited as ignored or blocked"
     yield Finding("ok", "signals", f"swap on {_signame(config.swap_signal)}, stop on TERM/INT, "
                   f"drain with {_signame(config.drain_signal)}{clean}")  # fmt: skip
-
-
-def inotify_usage(euid: int) -> tuple[int, int]:
-    """(instances, watches) held by processes of this effective uid, from /proc/*/fdinfo.
-
-    The kernel charges both limits per user (all of that user's containers together); an
-    fd shared by fork is counted once per process, so this can only over-count."""
-    instances = watches = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        uids = _status_field(pid, "Uid").split()
-        if len(uids) < 2 or int(uids[1]) != euid:
-            continue
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:inotify":
-                    continue
-            except OSError:
-                continue
-            instances += 1
-            info = _read(f"/proc/{pid}/fdinfo/{fd}") or ""
-            watches += sum(line.startswith("inotify wd:") for line in info.splitlines())
-    return instances, watches
-
-
-def inotify_probe(directories: set[str]) -> str | None:
-    """Ask the kernel itself: make an instance, watch each directory, close it.
-
-    The /proc count sees only this pid namespace, but the limits are per user across
-    every container on the host; only a real attempt gives the kernel's answer."""
-    libc: Any = ctypes.CDLL(None, use_errno=True)  # untyped C calls
-    fd = libc.inotify_init1(os.O_CLOEXEC)
-    if fd < 0:
-        err = ctypes.get_errno()
-        what = "no inotify instance left" if err == errno.EMFILE else "inotify_init1 failed"
-        return f"{what} ({os.strerror(err)})"
-    try:
-        for directory in sorted(directories):
-            if libc.inotify_add_watch(fd, os.fsencode(directory), IN_MODIFY) < 0:
-                err = ctypes.get_errno()
-                if err == errno.ENOSPC:
-                    return f"no inotify watch left for {directory} ({os.strerror(err)})"
-                if err != errno.ENOENT:  # a missing directory is the watcher's to report
-                    return f"cannot watch {directory}: {os.strerror(err)}"
-    finally:
-        os.close(fd)
-    return None
-
-
-def check_inotify(config: Config) -> Iterator[Finding]:
-    limits = {
-        name: int((_read(f"/proc/sys/fs/inotify/{name}") or "0").strip() or 0)
-        for name in ("max_user_instances", "max_user_watches")
-    }
-    euid = os.geteuid()
-    instances, watches = inotify_usage(euid)
-    directories = {os.path.dirname(spec.path) for spec in config.watch}
-    usage = (
-        f"uid {euid} holds {instances} of {limits['max_user_instances']} instances and "
-        f"{watches} of {limits['max_user_watches']} watches (in this pid namespace)"
-    )
-    if not config.watch or config.watch_mode == "poll":
-        yield Finding("ok", "inotify", f"not used ({'poll mode' if config.watch else 'no --watch'})"
-                      f"; {usage}")  # fmt: skip
-        return
-    problem = inotify_probe(directories)
-    if problem:
-        level = "fail" if config.watch_mode == "inotify" else "warn"
-        after = "the watch will fail" if level == "fail" else "auto mode will fall back to polling"
-        yield Finding(level, "inotify", f"{problem}; {usage}: {after}",
-                      "raise it on the host (per user, shared by every container): sysctl -w "
-                      "fs.inotify.max_user_instances=512 fs.inotify.max_user_watches=524288, or "
-                      "use --watch-mode poll")  # fmt: skip
-        return
-    yield Finding("ok", "inotify", f"{usage}; a trial instance watching "
-                  f"{', '.join(sorted(directories))} worked")  # fmt: skip
-
-
-def mounts() -> list[Mount]:
-    found = []
-    for line in (_read("/proc/self/mountinfo") or "").splitlines():
-        left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if len(fields) < 5 or len(tail) < 2:
-            continue
-        found.append(Mount(_unescape(fields[4]), _unescape(fields[3]), tail[0], tail[1]))
-    return found
-
-
-def _unescape(text: str) -> str:
-    """mountinfo writes a space in a path as \\040 (and tab, newline, backslash likewise)."""
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), text)
-
-
-def mount_of(path: str, table: list[Mount]) -> Mount | None:
-    """The mount that shows `path`: the longest mount point above it, the last one stacked."""
-    real = os.path.realpath(path)
-    best: Mount | None = None
-    for mount in table:
-        point = mount.point.rstrip("/") or "/"
-        if (real == point or real.startswith(point.rstrip("/") + "/")) and (
-            best is None or len(point) >= len(best.point.rstrip("/") or "/")
-        ):
-            best = mount
-    return best
-
-
-@functools.cache
-def hidden_entries(point: str) -> list[str] | None:
-    """What a mount hides: list `point` with that mount detached, in a private namespace.
-
-    None when it cannot be seen (no CAP_SYS_ADMIN, or the kernel refused)."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe only
-        code = 1
-        try:
-            os.close(read_fd)
-            libc: Any = ctypes.CDLL(None, use_errno=True)  # untyped C calls
-            if (libc.unshare(CLONE_NEWNS) == 0 and libc.mount(b"none", b"/", None,
-                    MS_REC | MS_PRIVATE, None) == 0 and libc.umount2(
-                    os.fsencode(point), MNT_DETACH) == 0):  # fmt: skip
-                os.write(write_fd, json.dumps(sorted(os.listdir(point))[:1000]).encode())
-                code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    chunks = []
-    while chunk := os.read(read_fd, 65536):
-        chunks.append(chunk)
-    os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        return None
-    names: list[str] = json.loads(b"".join(chunks))
-    return names
-
-
-def check_path(label: str, path: str, config: Config, table: list[Mount]) -> Iterator[Finding]:
-    watched = label == "watch"
-    mount = mount_of(path, table)
-    if mount is None:
-        return
-    check = f"{label} {path}"
-    bind = f", a bind mount of {mount.root}" if mount.root != "/" else ""
-    where = f"{mount.fstype} mounted on {mount.point} from {mount.source}{bind}"
-    if mount.point == os.path.realpath(path) and os.path.isfile(path):
-        level = "warn" if watched else "ok"
-        yield Finding(
-            level,
-            check,
-            f"single-file bind mount ({where}): a rebuild that replaces "
-            "the file on the host (rename) is never seen here; the old inode stays",
-            "bind-mount the directory instead (-v ./build:/app)" if watched else "",
-        )
-    elif watched and (mount.fstype in BLIND_FS or mount.fstype.startswith("fuse")):
-        level = "fail" if config.watch_mode == "inotify" else "warn"
-        yield Finding(
-            level,
-            check,
-            f"{where}: inotify does not see changes made on the other "
-            "side (host, NFS server, Docker Desktop)",
-            "use --watch-mode poll",
-        )
-    elif mount.fstype == "overlay":
-        yield Finding("ok", check, f"{where} (the container's own layer: changes made inside "
-                      "the container are seen, host files are not)")  # fmt: skip
-    else:
-        yield Finding("ok", check, where)
-    if mount.point != "/" and not (os.path.isfile(mount.point)):
-        hidden = hidden_entries(mount.point)
-        if hidden:
-            shown = ", ".join(hidden[:5]) + (", ..." if len(hidden) > 5 else "")
-            entries = f"{len(hidden)} {'entry' if len(hidden) == 1 else 'entries'}"
-            yield Finding("warn", check, f"the {mount.fstype} mount on {mount.point} hides "
-                          f"{entries} underneath ({shown})", "files the image put "
-                          f"there are invisible: mount the volume elsewhere, or move them out of "
-                          f"{mount.point}")  # fmt: skip
 
 
 def check_program(config: Config, table: list[Mount]) -> Iterator[Finding]:
@@ -390,7 +177,7 @@ def check_listen(config: Config) -> Iterator[Finding]:
 
 def cgroup_memory() -> tuple[int | None, int | None]:
     """(limit, usage) in bytes of this cgroup (v2, then v1); limit None when unlimited."""
-    for line in (_read("/proc/self/cgroup") or "").splitlines():
+    for line in (read_text("/proc/self/cgroup") or "").splitlines():
         _, controllers, path = line.split(":", 2)
         if controllers == "":
             base, names = f"/sys/fs/cgroup{path.rstrip('/')}", ("memory.max", "memory.current")
@@ -401,7 +188,7 @@ def cgroup_memory() -> tuple[int | None, int | None]:
             names = ("memory.limit_in_bytes", "memory.usage_in_bytes")
         else:
             continue
-        limit, usage = (_read(os.path.join(base, name)) for name in names)
+        limit, usage = (read_text(os.path.join(base, name)) for name in names)
         if usage is None:
             continue
         number = int(limit) if limit and limit.strip().isdigit() else None
