@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from hotswapd.errors import UsageError
+from hotswapd.errors import EXIT_FAILURE, SpawnError, UsageError
 from hotswapd.listeners import (
     SD_LISTEN_FDS_START,
     clean_environ,
@@ -102,7 +102,11 @@ def launch(
 ) -> Spawned:
     """Spawn generation `number` on the shared listeners plus its own probe listener."""
     program = executable or os.path.abspath(resolve_program(config.command[0], environ))
-    probe = make_probe_listener()
+    try:
+        probe = make_probe_listener()
+    except OSError as exc:
+        raise SpawnError(f"cannot create the probe listener: {exc.strerror}", EXIT_FAILURE,
+                         exc.errno or 0) from None  # fmt: skip
     try:
         names = [listener.name for listener in listeners] + [probe_name()]
         fds = {name: SD_LISTEN_FDS_START + index for index, name in enumerate(names)}

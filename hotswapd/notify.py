@@ -16,6 +16,8 @@ import socket
 import struct
 from collections.abc import Callable
 
+from hotswapd.errors import EXIT_FAILURE, SpawnError
+
 _MAX_FDS = 32
 _CREDS = struct.calcsize("3i")
 
@@ -24,10 +26,22 @@ class NotifySocket:
     """Receives sd_notify datagrams for one generation."""
 
     def __init__(self, hotswapd_pid: int, generation: int) -> None:
-        self.address = f"@hotswapd-{hotswapd_pid}-gen{generation}-notify"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self._sock.bind("\0" + self.address[1:])
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            # Autobind: the kernel picks a unique abstract name. A fixed name would collide
+            # between containers of one pod (they share the network namespace, and each
+            # hotswapd is pid 1 there), and a guessable one invites forged READY=1.
+            self._sock.bind("")
+        except OSError as exc:
+            self._sock.close()
+            raise SpawnError(f"--ready notify: cannot create the notify socket: {exc.strerror}",
+                             EXIT_FAILURE, exc.errno or 0) from None  # fmt: skip
+        name = self._sock.getsockname()
+        raw = name if isinstance(name, bytes) else str(name).encode()
+        self.address = "@" + raw.lstrip(b"\0").decode()
+        self.generation = generation
+        self.expected_pgid: int | None = None  # set once the generation's pid is known
         self._sock.setblocking(False)
         self.ready = False
         self.stopping = False
@@ -77,6 +91,10 @@ class NotifySocket:
             key, sep, value = line.partition("=")
             if sep:
                 fields[key] = value
+        if not self._from_generation(sender):
+            if self.on_message is not None:
+                self.on_message({"IGNORED": "sender is not in this generation", **fields}, sender)
+            return
         if fields.get("READY") == "1":
             self.ready = True
             if self._ready_event is not None:
@@ -89,6 +107,16 @@ class NotifySocket:
             self.main_pid = int(fields["MAINPID"])
         if self.on_message is not None:
             self.on_message(fields, sender)
+
+    def _from_generation(self, sender: int | None) -> bool:
+        """Only the generation's own process group may notify (a sender that already exited
+        cannot be checked and is believed: systemd-notify exits right after sending)."""
+        if sender is None or self.expected_pgid is None:
+            return True
+        try:
+            return os.getpgid(sender) == self.expected_pgid
+        except ProcessLookupError:
+            return True
 
     def close(self) -> None:
         if self._sock.fileno() >= 0:

@@ -125,7 +125,10 @@ _STEP_NAMES = {_STEP_EXEC: "exec", _STEP_USER: "dropping privileges", _STEP_SETU
 
 def spawn(spec: ChildSpec) -> int:
     """Fork and exec one child; returns its pid or raises SpawnError (child reaped)."""
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    except OSError as exc:
+        raise _resource_error(spec, "creating the exec-error pipe", exc) from None
     parent_pid = os.getpid()
     # Block every signal across fork: a signal landing in the child before exec would
     # run the parent's Python handler there, which writes to the event loop's wake-up
@@ -135,6 +138,10 @@ def spawn(spec: ChildSpec) -> int:
         pid = os.fork()
         if pid == 0:  # the child: never returns
             _child(spec, write_end, parent_pid)
+    except OSError as exc:
+        os.close(read_end)
+        os.close(write_end)
+        raise _resource_error(spec, "fork", exc) from None
     finally:
         if os.getpid() == parent_pid:
             sigbits.set_mask(old_mask)
@@ -165,14 +172,21 @@ def spawn(spec: ChildSpec) -> int:
                      f"failed: {reason}", EXIT_FAILURE, err)  # fmt: skip
 
 
+def _resource_error(spec: ChildSpec, step: str, exc: OSError) -> SpawnError:
+    """Out of processes, fds or memory: a SpawnError like any other, never a crash of PID 1."""
+    return SpawnError(
+        f"cannot start '{spec.argv[0]}': {step} failed: {exc.strerror} (a process, file or "
+        "memory limit of the container?)",
+        EXIT_FAILURE,
+        exc.errno or errno.EAGAIN,
+    )
+
+
 def _child(spec: ChildSpec, error_fd: int, parent_pid: int) -> None:
     step = _STEP_SETUP
     try:
         os.setpgid(0, 0)  # its own group: stop and kill reach all it spawned, nothing else
         sigbits.reset_dispositions()  # SigIgn = 0: also undoes Python's SIGPIPE ignore
-        prctl.set_pdeathsig(sigbits.SIGKILL)
-        if os.getppid() != parent_pid:  # the parent died before pdeathsig was armed
-            os._exit(EXIT_FAILURE)
         error_fd, exec_fd = _place_fds(spec, error_fd)
         if spec.credentials is not None:
             step = _STEP_USER
@@ -181,6 +195,11 @@ def _child(spec: ChildSpec, error_fd: int, parent_pid: int) -> None:
             os.setgid(creds.gid)
             os.setuid(creds.uid)
             step = _STEP_SETUP
+        # After the credential change: the kernel clears the parent-death signal whenever
+        # the process's uid or gid changes.
+        prctl.set_pdeathsig(sigbits.SIGKILL)
+        if os.getppid() != parent_pid:  # the parent died before pdeathsig was armed
+            os._exit(EXIT_FAILURE)
         if spec.no_new_privs:
             prctl.set_no_new_privs(True)
         env = dict(spec.env)
@@ -219,7 +238,11 @@ def _place_fds(spec: ChildSpec, error_fd: int) -> tuple[int, int | None]:
     keep = {error_fd}
     exec_fd = None
     if spec.exec_fd is not None:
-        exec_fd = fcntl.fcntl(spec.exec_fd, fcntl.F_DUPFD_CLOEXEC, low)
+        # A #! script exec'd through its fd is opened again by its interpreter as
+        # /dev/fd/N, so that fd must survive the exec; an ELF needs nothing after it.
+        is_script = os.pread(spec.exec_fd, 2, 0) == b"#!"
+        dup = fcntl.F_DUPFD if is_script else fcntl.F_DUPFD_CLOEXEC
+        exec_fd = fcntl.fcntl(spec.exec_fd, dup, low)
         keep.add(exec_fd)
     for index, temp in enumerate(temps):
         os.dup2(temp, SD_LISTEN_FDS_START + index, inheritable=True)

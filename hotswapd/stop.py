@@ -16,6 +16,8 @@ from hotswapd.generation import Generation
 from hotswapd.reaper import Reaper, group_alive
 from hotswapd.signals import name as signame
 
+KILL_WAIT_S = 10.0  # how long a SIGKILLed process may take to be reaped before we move on
+
 
 def send(pid: int, sig: int) -> bool:
     """Signal one process; False when it is already gone."""
@@ -61,7 +63,7 @@ async def stop_generation(
                 fix="raise --stop-timeout/--drain-timeout if it needs longer",
             )
             kill_group(gen.pid)
-            status = await gen.exited
+            status = await _after_kill(gen, log)
     else:
         status = await gen.exited
     # The leader is gone; give the rest of its group what is left of the grace period.
@@ -72,3 +74,20 @@ async def stop_generation(
             kill_group(gen.pid)
             await reaper.wait_group_empty(gen.pid, 5.0)
     return status
+
+
+async def _after_kill(gen: Generation, log: Any) -> int:
+    """SIGKILL cannot be refused, but a process stuck in the kernel (D state) can take a
+    while to die: wait, bounded, and never hang PID 1 on it."""
+    assert gen.exited is not None
+    try:
+        return await asyncio.wait_for(asyncio.shield(gen.exited), KILL_WAIT_S)
+    except TimeoutError:
+        log.error(
+            "not_dead_after_sigkill",
+            generation=gen.number,
+            pid=gen.pid,
+            waited_s=KILL_WAIT_S,
+            note="stuck in the kernel (D state?); giving up on it",
+        )
+        return int(signal.SIGKILL)  # the raw status of a SIGKILL death

@@ -9,6 +9,7 @@ narrow hooks a swap transaction is given (`launch_candidate`, `commit`).
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import time
@@ -43,6 +44,9 @@ from hotswapd.swap import SwapOutcome, SwapTransaction, file_sha256
 RESTART_BACKOFF_START_S = 0.1  # first restart delay for --on-exit restart
 RESTART_BACKOFF_CAP_S = 30.0  # a crash loop settles at one attempt per 30 s
 RESTART_HEALTHY_RUN_S = 10.0  # a run this long resets the backoff
+# Spawn errors that pass by themselves: a build still writing the file, a full process
+# table or fd table. Anything else (missing, not executable) ends a restart loop.
+_TRANSIENT_SPAWN_ERRORS = {errno.ETXTBSY, errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -81,6 +85,7 @@ class Supervisor:
         self.counters = Counters()
         self.exit_code: int | None = None
         self.restart_delay = RESTART_BACKOFF_START_S
+        self.restart_pending = False
         self.is_pid1 = os.getpid() == 1
         self.session: Any = None
         self.watcher: Any = None  # set by run.py when --watch is given
@@ -88,6 +93,9 @@ class Supervisor:
         self.listeners_swap_hooks: list[Callable[[SwapOutcome], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         first.state = GenState.ACTIVE
+        # Registered before signals are unblocked: a generation 1 that exits at once must
+        # reach its waiter, not be counted as an orphan.
+        self.attach(first)
 
     # ---------------------------------------------------------------- plumbing
 
@@ -117,6 +125,7 @@ class Supervisor:
         """Register a generation's exit future and its notify socket on the loop."""
         gen.exited = self.reaper.watch(gen.pid)
         if gen.notify is not None:
+            gen.notify.expected_pgid = gen.pid
             gen.notify.on_message = lambda fields, sender, g=gen: self._notify_message(
                 g, fields, sender
             )
@@ -135,12 +144,14 @@ class Supervisor:
     # ---------------------------------------------------------------- the loop
 
     async def run(self) -> int:
-        self.attach(self.active)
         self._transition(State.RUNNING)
         self.reaper.reap()  # anything that exited while signals were still blocked
         while self.state is not State.STOPPED:
             event = await self.queue.get()
-            self._dispatch(event)
+            try:
+                self._dispatch(event)
+            except Exception:  # PID 1 must outlive a bug in one handler
+                self.log.exception("handler_failed", event=type(event).__name__)
         await self._close()
         return self.exit_code if self.exit_code is not None else EXIT_FAILURE
 
@@ -176,7 +187,10 @@ class Supervisor:
 
     def handle_signal(self, event: SignalReceived) -> None:
         sig = event.signum
-        if sig == self.config.swap_signal and self.state is not State.STOPPING:
+        if sig == self.config.swap_signal:
+            if self.state is State.STOPPING:
+                self.log.info("swap_refused", source="signal", reason="hotswapd is stopping")
+                return
             self.handle_swap_requested(SwapRequested(source="signal", reason=sigs.name(sig)))
             return
         if sig in _STOP_SIGNALS and self.state is not State.STOPPING:
@@ -240,6 +254,12 @@ class Supervisor:
         gen.close_exe()
 
     def handle_swap_requested(self, event: SwapRequested) -> None:
+        if self.state is State.SWAPPING and event.rollback:
+            # Joining a queued reload would run it as a reload: a rollback waits its turn.
+            reason = "a swap is in progress; roll back once it has finished"
+            self.log.warning("swap_refused", source=event.source, reason=reason)
+            self._refuse(event, reason)
+            return
         if self.state is State.SWAPPING:
             if self.follow_up is None:
                 self.log.info(
@@ -297,7 +317,11 @@ class Supervisor:
         _reply(event, outcome)
 
     async def _run_swap(self, swap: SwapTransaction, event: SwapRequested) -> SwapOutcome:
-        outcome = await swap.run()
+        try:
+            outcome = await swap.run()
+        except Exception as exc:  # a swap must always end with an outcome
+            self.log.exception("swap_crashed", swap=swap.outcome.swap_id)
+            outcome = await swap.fail(f"internal error: {exc!r}")
         _reply(event, outcome)
         self.post(SwapFinished(outcome))
         return outcome
@@ -327,7 +351,7 @@ class Supervisor:
         if self.state is State.STOPPING:
             return
         self._transition(State.RUNNING)
-        if not self.active.alive:
+        if not self.active.alive and not self.restart_pending:
             # The active generation exited while the swap ran: apply --on-exit now.
             self.handle_child_exited(ChildExited(self.active.pid, self.active.status or 0))
             return
@@ -381,23 +405,26 @@ class Supervisor:
     # ---------------------------------------------------------------- restart
 
     def _schedule_restart(self, gen: Generation) -> None:
+        if self.state is State.SWAPPING and self.swap is not None and not self.swap.committed:
+            self.swap.abort("the active generation exited")
+            return  # handle_swap_finished re-applies --on-exit once the candidate is gone
         ran_for = time.monotonic() - gen.started_mono
         if ran_for >= RESTART_HEALTHY_RUN_S:
             self.restart_delay = RESTART_BACKOFF_START_S
         delay = self.restart_delay
         self.restart_delay = min(self.restart_delay * 2, RESTART_BACKOFF_CAP_S)
-        if self.state is State.SWAPPING and self.swap is not None:
-            self.swap.abort("the active generation exited")
-            return  # handle_swap_finished re-applies --on-exit
-        self._transition(State.RESTARTING)
+        if self.state is not State.SWAPPING:
+            self._transition(State.RESTARTING)
+        # During a committed swap's drain the restart does not wait for the drain: the old
+        # generation has been told to stop serving, so nothing else would.
+        self.restart_pending = True
         self.log.warning("restart_scheduled", generation=gen.number, pid=gen.pid,
                          status=describe_status(gen.status or 0), delay_s=round(delay, 3),
                          ran_s=round(ran_for, 3))  # fmt: skip
-        loop = asyncio.get_running_loop()
-        loop.call_later(delay, self.post, RestartDue())
+        asyncio.get_running_loop().call_later(delay, self.post, RestartDue())
 
     def handle_restart_due(self, event: RestartDue) -> None:
-        if self.state is not State.RESTARTING:
+        if not self.restart_pending or self.state not in (State.RESTARTING, State.SWAPPING):
             return
         number = self.next_number
         notify = NotifySocket(os.getpid(), number) if self.config.ready == "notify" else None
@@ -409,11 +436,21 @@ class Supervisor:
         except SpawnError as exc:
             if notify is not None:
                 notify.close()
+            if exc.errno in _TRANSIENT_SPAWN_ERRORS:
+                # A writer still holds the file, or a limit is reached for now: try again.
+                delay = self.restart_delay
+                self.restart_delay = min(self.restart_delay * 2, RESTART_BACKOFF_CAP_S)
+                self.log.warning("restart_retry", error=str(exc), delay_s=round(delay, 3))
+                asyncio.get_running_loop().call_later(delay, self.post, RestartDue())
+                return
             # A program that cannot be exec'd at all will not start by retrying: give up.
+            self.restart_pending = False
             self.log.error("restart_failed", error=str(exc), exit_code=exc.exit_code)
-            self._transition(State.RUNNING)
+            if self.state is State.RESTARTING:
+                self._transition(State.RUNNING)
             self._begin_stop(signal.SIGTERM, exit_code=exc.exit_code)
             return
+        self.restart_pending = False
         self.next_number += 1
         old = self.active
         self.generations[number] = gen
@@ -423,7 +460,8 @@ class Supervisor:
         self.attach(gen)
         self.counters.restarts += 1
         self.log.info("restarted", generation=gen.number, pid=gen.pid)
-        self._transition(State.RUNNING)
+        if self.state is State.RESTARTING:
+            self._transition(State.RUNNING)
 
     # ---------------------------------------------------------------- stop
 
@@ -447,8 +485,21 @@ class Supervisor:
         for gen in list(self.generations.values()):
             if gen is candidate and self.swap is not None and not self.swap.committed:
                 continue  # the transaction rolls its candidate back itself
-            if gen.state is GenState.DRAINING:
-                continue  # already signalled; the transaction waits for it
+            if gen.state is GenState.DRAINING and gen.alive:
+                # Told to drain at cutover: now hotswapd stops, so --stop-timeout bounds it,
+                # not what is left of --drain-timeout (docker stop would not wait that long).
+                stoppers.append(
+                    stop_generation(
+                        gen,
+                        sig,
+                        self.config.stop_timeout,
+                        self.reaper,
+                        self.log,
+                        why="hotswapd stopping while draining",
+                        already_signalled=sig == self.config.drain_signal,
+                    )
+                )
+                continue
             if not gen.alive and not group_alive(gen.pid):
                 continue
             if gen.alive:

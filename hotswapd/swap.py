@@ -134,21 +134,30 @@ class SwapTransaction:
                 if not pending.done():
                     pending.cancel()
             exited.cancel()  # cancels the shield only, not the reaper's future
+        # An exit or an abort in the same loop turn as the gate's answer wins: a gate that
+        # passed for a process that is already gone has not passed.
+        self._check_alive(what)
         if task in done:
             return task.result()
+        raise GateFailed(f"{what} timed out")
+
+    def _check_alive(self, what: str) -> None:
+        """Fail the swap when the candidate has exited or hotswapd is stopping."""
+        assert self.candidate is not None
+        assert self.candidate.exited is not None
         if self.candidate.exited.done():
             status = self.candidate.exited.result()
             raise GateFailed(f"generation {self.candidate.number} exited during {what} "
                              f"({describe_status(status)})")  # fmt: skip
-        if abort in done:
+        if self._abort.is_set():
             raise GateFailed(f"aborted during {what}: {self._abort_reason}")
-        raise GateFailed(f"{what} timed out")
 
     # ---------------------------------------------------------------- the transaction
 
     async def run(self) -> SwapOutcome:
         try:
             await self._prepare_and_gate()
+            self._check_alive("the cutover")  # the last look before the old one is touched
         except GateFailed as exc:
             await self._rollback(str(exc))
             return self._finish()
@@ -203,6 +212,9 @@ class SwapTransaction:
             new_bytes = memory.tree_rss(self.candidate.pid)
             self.outcome.old_rss_bytes = old_bytes
             self.outcome.new_rss_bytes = new_bytes
+            if new_bytes == 0:
+                self._check_alive("the memory gate")
+                raise GateFailed("the memory gate could not measure the candidate (gone?)")
             reason = memory.verdict(old_bytes, new_bytes, config.max_memory_growth)
             if reason:
                 raise GateFailed(reason)
@@ -289,6 +301,14 @@ class SwapTransaction:
                 if not result.healthy:
                     raise GateFailed(f"canary: {self._health_failure(url, result)}")
             await asyncio.sleep(min(0.25, max(end - self._loop.time(), 0)))
+
+    async def fail(self, reason: str) -> SwapOutcome:
+        """End a swap that broke unexpectedly: roll back if nothing was committed yet."""
+        if not self.committed:
+            await self._rollback(reason)
+        else:
+            self.outcome.reason = f"committed; then {reason}"
+        return self._finish()
 
     async def _rollback(self, reason: str) -> None:
         self.outcome.outcome = "rolled_back"
