@@ -8,13 +8,32 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}  # fmt: skip
+
+
+class _StderrOrNothing:
+    """stderr for log lines, or nowhere once its reader is gone.
+
+    A closed stderr (a log driver that died, `| head`) makes every write fail with EPIPE;
+    PID 1 must keep supervising rather than crash on its own log line.
+    """
+
+    def write(self, text: str) -> int:
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except (OSError, ValueError):  # EPIPE, EIO, or stderr already closed
+            return 0
+        return len(text)
+
+    def flush(self) -> None:
+        return None
 
 
 def configure(log_format: str = "auto", level: str = "info") -> None:
@@ -35,7 +54,7 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         # One write per line: print() writes the text and the newline separately, and a
         # child's stderr line landing in between would split a JSON record in two.
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, _StderrOrNothing())),
         cache_logger_on_first_use=False,
     )
 

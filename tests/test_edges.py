@@ -165,3 +165,42 @@ def test_two_notify_receivers_on_one_host_do_not_collide(hotswapd: Start, tmp_pa
     for run in runs:
         run.wait_event("supervising")
         assert run.events("sd_notify", ready="1") or run.wait_event("sd_notify", ready="1")
+
+
+def test_own_broken_pipe_is_not_forwarded_and_not_fatal(tmp_path: Path) -> None:
+    """hotswapd's stderr reader going away makes its own writes fail with EPIPE: that SIGPIPE
+    is not forwarded to the child, hotswapd keeps working, and kill -PIPE still is forwarded."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), HOTSWAPD_LOG_FORMAT="json")
+    proc = subprocess.Popen(
+        [*HOTSWAPD, "--settle", "0", "--", *CHILD],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None
+    assert stderr is not None
+    lines: list[str] = []
+
+    def read_until(text: str) -> None:
+        while text not in (line := stdout.readline()):
+            assert line, f"no {text!r} in {lines}"
+            lines.append(line)
+        lines.append(line)
+
+    try:
+        read_until("ready (pid:")
+        wait_until(lambda: '"supervising"' in stderr.readline(), 30, "the loop")
+        stderr.close()  # hotswapd's next log line hits a pipe with no reader
+        proc.send_signal(signal.SIGUSR2)  # a swap: many log lines, each one EPIPE
+        read_until("ready (pid:")  # generation 2 started: hotswapd kept working
+        proc.send_signal(signal.SIGPIPE)  # from outside: forwarded to the active child
+        read_until("signal SIGPIPE")
+        proc.send_signal(signal.SIGTERM)
+        lines.extend(stdout.readlines())
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sum(line == "signal SIGPIPE\n" for line in lines) == 1
