@@ -251,23 +251,9 @@ def time_once(variant: Variant, child: Path) -> float:
             raise RuntimeError(f"{argv} exited {code}")
         return elapsed / 1e6
     started = time.monotonic_ns()
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=common.REPO,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().split()
-    # The figure is taken; the rest of the supervisor's start-up is of no interest here
-    # and would only steal CPU from the next measurement.
-    if proc.poll() is None:
-        proc.kill()
-    _, err = proc.communicate(timeout=30)
+    line, err = exec_stamp(argv, env)
     if len(line) != 2:
-        raise RuntimeError(f"{argv}: no timestamp from the child\n{err.decode(errors='replace')}")
+        raise RuntimeError(f"{argv}: no timestamp from the child\n{err}")
     exec_ns, child_pid = int(line[0]), int(line[1])
     with contextlib.suppress(ChildProcessError):  # else its supervisor reaped it
         os.waitpid(child_pid, 0)  # an orphan we adopted as subreaper
@@ -283,6 +269,22 @@ def measure_exec(vs: list[Variant], child: Path, runs: int, warmup: int) -> dict
             if round_no >= warmup:
                 samples[variant.key].append(value)
     return samples
+
+
+def exec_stamp(argv: list[str], env: dict[str, str]) -> tuple[list[bytes], str]:
+    """Start `argv`, read the child's first stdout line (its exec timestamp), then stop it.
+
+    The figure is taken at that line; the rest of the supervisor's start-up is of no
+    interest here and would only steal CPU from the next measurement.
+    """
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=common.REPO)  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    if proc.poll() is None:
+        proc.kill()
+    _, err = proc.communicate(timeout=30)
+    return line, err.decode(errors="replace")
 
 
 # --------------------------------------------------------------------------- stages
@@ -332,20 +334,7 @@ def measure_stages(python: str, child: Path, runs: int, pid1: bool) -> dict[str,
     samples: dict[str, list[float]] = defaultdict(list)
     for _ in range(runs + 1):  # the first run is discarded
         started = time.monotonic_ns()
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=common.REPO,
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline().split()
-        if proc.poll() is None:
-            proc.kill()
-        _, err = proc.communicate(timeout=30)
-        text = err.decode(errors="replace")
+        line, text = exec_stamp(argv, env)
         marks_line = next((x for x in text.splitlines() if x.startswith("@@marks@@ ")), None)
         if len(line) != 2 or marks_line is None:
             raise RuntimeError(f"stage run failed:\n{text[-2000:]}")

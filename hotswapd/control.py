@@ -3,8 +3,9 @@
 Design notes:
 
 - It is an event source like the signal handlers and the watcher: a request becomes a
-  `SwapRequested` or `SignalRequested` on the supervisor's queue, and the answer comes
-  back through the event's reply future and phase callback. This server never changes
+  `SwapRequested` (through `Supervisor.request_swap`) or `SignalRequested` on the
+  supervisor's queue, and the answer comes back through the event's reply future and
+  phase callback. This server never changes
   supervisor state; it reads it for `GET /status` through `status.build_status`.
 - Access control is the file mode: the socket is created 0600 (under a umask, so there
   is no window where it is wider) in a directory created 0700, and every connection's
@@ -37,7 +38,7 @@ from aiohttp import web
 
 from hotswapd.config import Config
 from hotswapd.errors import HotswapdError
-from hotswapd.events import SignalRequested, SwapRequested
+from hotswapd.events import SignalRequested
 from hotswapd.signals import name as signal_name
 from hotswapd.status import build_status
 from hotswapd.units import BadValue, parse_signal
@@ -228,10 +229,10 @@ class ControlServer:
         def on_phase(name: str, fields: dict[str, Any]) -> None:
             queue.put_nowait((name, fields))
 
-        self.supervisor.post(SwapRequested(
-            source="ctl", reason=str(body.get("reason") or f"ctl {kind}"), rollback=rollback,
-            reply=reply, on_phase=on_phase if wait else None,
-        ))  # fmt: skip
+        self.supervisor.request_swap(
+            "ctl", str(body.get("reason") or f"ctl {kind}"), rollback=rollback, reply=reply,
+            on_phase=on_phase if wait else None,
+        )  # fmt: skip
         if not wait:
             return web.json_response({"accepted": kind}, status=202)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hotswapd.states import GenState
 
@@ -33,7 +33,6 @@ class Generation:
     status: int | None = None  # raw wait status once exited
     exited: asyncio.Future[int] | None = None
     sha256: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_spawned(cls, spawned: Spawned) -> Generation:

@@ -16,9 +16,9 @@ from hotswapd.listeners import (
     clean_environ,
     listen_env,
     make_probe_listener,
-    probe_name,
 )
 from hotswapd.spawn import ChildSpec, resolve_program, spawn
+from hotswapd.values import PROBE_LISTENER_NAME
 
 TYPE_CHECKING = False  # see config.py
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def _templates(text: str) -> Iterator[tuple[int, int, str, str]]:
 
 def check_templates(argv: Sequence[str], names: Sequence[str]) -> None:
     """Fail at start-up (exit 2) when an adapter template names an unknown listener."""
-    known = set(names) | {probe_name()}
+    known = set(names) | {PROBE_LISTENER_NAME}
     for arg in argv:
         for _, _, _, name in _templates(arg):
             if name not in known:
@@ -108,10 +108,10 @@ def launch(
         raise SpawnError(f"cannot create the probe listener: {exc.strerror}", EXIT_FAILURE,
                          exc.errno or 0) from None  # fmt: skip
     try:
-        names = [listener.name for listener in listeners] + [probe_name()]
+        names = [listener.name for listener in listeners] + [PROBE_LISTENER_NAME]
         fds = {name: SD_LISTEN_FDS_START + index for index, name in enumerate(names)}
         ports = {listener.name: listener.port() for listener in listeners}
-        ports[probe_name()] = int(probe.getsockname()[1])
+        ports[PROBE_LISTENER_NAME] = int(probe.getsockname()[1])
         env = clean_environ(environ)
         env.update(listen_env(names))
         if notify is not None:

@@ -19,7 +19,6 @@ import os
 import stat
 
 from hotswapd.errors import ListenError
-from hotswapd.values import PROBE_LISTENER_NAME
 
 TYPE_CHECKING = False  # see config.py
 if TYPE_CHECKING:
@@ -233,7 +232,3 @@ def accept_queue_length(sock: _socket.socket) -> int:
 def listen_env(names: Sequence[str]) -> dict[str, str]:
     """LISTEN_FDS and LISTEN_FDNAMES for a child; LISTEN_PID is set in the child itself."""
     return {"LISTEN_FDS": str(len(names)), "LISTEN_FDNAMES": ":".join(names)}
-
-
-def probe_name() -> str:
-    return PROBE_LISTENER_NAME

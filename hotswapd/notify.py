@@ -25,7 +25,7 @@ _CREDS = struct.calcsize("3i")
 class NotifySocket:
     """Receives sd_notify datagrams for one generation."""
 
-    def __init__(self, hotswapd_pid: int, generation: int) -> None:
+    def __init__(self, generation: int) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)

@@ -46,7 +46,7 @@ def run(config: Config) -> int:
         if config.ready == "notify":
             from hotswapd.notify import NotifySocket
 
-            notify = NotifySocket(os.getpid(), 1)
+            notify = NotifySocket(1)
         first = launch(config, listeners, 1, environ, credentials, notify=notify)
     except HotswapdError as exc:
         close_all(listeners)
@@ -136,12 +136,12 @@ async def _start_sources(
 ) -> list[Any]:
     """Start the optional event sources, adding each one's async close function to `closers`."""
     if config.watch:
-        from hotswapd.events import SignalRequested, SwapRequested
+        from hotswapd.events import SignalRequested
         from hotswapd.watch import Watcher
 
         def on_change(spec: Any, reason: str) -> None:
             if spec.action == "swap":
-                supervisor.post(SwapRequested(source="watch", reason=f"{spec.path}: {reason}"))
+                supervisor.request_swap("watch", f"{spec.path}: {reason}")
             else:
                 supervisor.post(SignalRequested(spec.signal, source=f"watch {spec.path}"))
 

@@ -51,9 +51,8 @@ async def stop_generation(
             log.info("stop_signal_sent", generation=gen.number, pid=gen.pid,
                      signal=signame(sig), why=why, timeout_s=grace)  # fmt: skip
             send(gen.pid, sig)
-        try:
-            status = await asyncio.wait_for(asyncio.shield(gen.exited), max(grace, 0))
-        except TimeoutError:
+        status = await _exit_within(gen, grace)
+        if status is None:
             log.warning(
                 "stop_timeout_kill",
                 generation=gen.number,
@@ -63,7 +62,18 @@ async def stop_generation(
                 fix="raise --stop-timeout/--drain-timeout if it needs longer",
             )
             kill_group(gen.pid)
-            status = await _after_kill(gen, log)
+            # SIGKILL cannot be refused, but a process stuck in the kernel (D state) can
+            # take a while to die: wait, bounded, and never hang PID 1 on it.
+            status = await _exit_within(gen, KILL_WAIT_S)
+            if status is None:
+                log.error(
+                    "not_dead_after_sigkill",
+                    generation=gen.number,
+                    pid=gen.pid,
+                    waited_s=KILL_WAIT_S,
+                    note="stuck in the kernel (D state?); giving up on it",
+                )
+                status = int(signal.SIGKILL)  # the raw status of a SIGKILL death
     else:
         status = await gen.exited
     # The leader is gone; give the rest of its group what is left of the grace period.
@@ -76,18 +86,10 @@ async def stop_generation(
     return status
 
 
-async def _after_kill(gen: Generation, log: Any) -> int:
-    """SIGKILL cannot be refused, but a process stuck in the kernel (D state) can take a
-    while to die: wait, bounded, and never hang PID 1 on it."""
+async def _exit_within(gen: Generation, within: float) -> int | None:
+    """The generation's raw wait status, or None if it has not exited within `within` s."""
     assert gen.exited is not None
     try:
-        return await asyncio.wait_for(asyncio.shield(gen.exited), KILL_WAIT_S)
+        return await asyncio.wait_for(asyncio.shield(gen.exited), max(within, 0))
     except TimeoutError:
-        log.error(
-            "not_dead_after_sigkill",
-            generation=gen.number,
-            pid=gen.pid,
-            waited_s=KILL_WAIT_S,
-            note="stuck in the kernel (D state?); giving up on it",
-        )
-        return int(signal.SIGKILL)  # the raw status of a SIGKILL death
+        return None

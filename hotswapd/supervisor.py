@@ -363,7 +363,7 @@ class Supervisor:
 
     def launch_candidate(self, exec_fd: int | None, executable: str | None) -> Generation:
         number = self.next_number
-        notify = NotifySocket(os.getpid(), number) if self.config.ready == "notify" else None
+        notify = NotifySocket(number) if self.config.ready == "notify" else None
         try:
             gen = Generation.from_spawned(
                 launch(self.config, self.listeners, number, self.environ, self.credentials,
@@ -427,7 +427,7 @@ class Supervisor:
         if not self.restart_pending or self.state not in (State.RESTARTING, State.SWAPPING):
             return
         number = self.next_number
-        notify = NotifySocket(os.getpid(), number) if self.config.ready == "notify" else None
+        notify = NotifySocket(number) if self.config.ready == "notify" else None
         try:
             gen = Generation.from_spawned(
                 launch(self.config, self.listeners, number, self.environ, self.credentials,
@@ -530,9 +530,18 @@ class Supervisor:
 
     # ---------------------------------------------------------------- public entry points
 
-    def request_swap(self, source: str, reason: str = "") -> None:
-        """The internal swap() entry point for the watcher and the control socket."""
-        self.post(SwapRequested(source=source, reason=reason))
+    def request_swap(
+        self,
+        source: str,
+        reason: str = "",
+        *,
+        rollback: bool = False,
+        reply: asyncio.Future[SwapOutcome] | None = None,
+        on_phase: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """The swap() entry point for the watcher and the control socket: it only queues."""
+        self.post(SwapRequested(source=source, reason=reason, rollback=rollback, reply=reply,
+                                on_phase=on_phase))  # fmt: skip
 
 
 def _reply(event: SwapRequested, outcome: SwapOutcome) -> None:

@@ -192,6 +192,7 @@ class SwapTransaction:
         if self.exec_fd is None:
             # Resolved again at every swap: a new file at that path, or earlier in PATH.
             program = self.executable or self._resolve(config.command[0])
+            self.executable = program  # launched as checked: resolved once, not again
             problem = elf.check_program(program)
             if problem:
                 raise SpawnError(f"swap refused: {program} {problem}", 126)

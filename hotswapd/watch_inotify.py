@@ -183,7 +183,7 @@ class Inotify:
         self._rm.restype = ctypes.c_int
         fd = self._init1(_IN_CLOEXEC | _IN_NONBLOCK)
         if fd < 0:
-            raise _os_error("inotify_init1")
+            raise _os_error()
         self._fd: int = int(fd)
 
     def fileno(self) -> int:
@@ -199,7 +199,7 @@ class Inotify:
         """Watch `path` (a directory); the same inode always gets the same wd."""
         wd = self._add(self.fileno(), os.fsencode(path), mask)
         if wd < 0:
-            raise _os_error("inotify_add_watch", path)
+            raise _os_error(path)
         return int(wd)
 
     def rm_watch(self, wd: int) -> None:
@@ -235,7 +235,7 @@ class Inotify:
             os.close(fd)
 
 
-def _os_error(call: str, path: str | None = None) -> OSError:
+def _os_error(path: str | None = None) -> OSError:
     error = ctypes.get_errno()
     if path is None:
         return OSError(error, os.strerror(error))

@@ -940,7 +940,7 @@ def test_inotify_mode_has_no_wakeups_when_idle(app: Path) -> None:
             assert watcher.status()["wakeups"] == before
             assert watcher.status()["timers"] == 0
         async with watching(swap(app / "server"), mode="auto", poll=0.1) as (watcher, _):
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the measurement window: ticks counted over 0.5 s
             ticks = watcher.status()["wakeups"]
             assert isinstance(ticks, int)
             assert 2 <= ticks <= 6
@@ -961,7 +961,7 @@ def test_hashing_a_big_file_does_not_block_the_loop(tmp_path: Path) -> None:
         async def heartbeat() -> None:
             last = loop.time()
             while not done.is_set():
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(0.001)  # the heartbeat whose gaps are measured
                 now = loop.time()
                 gaps.append(now - last)
                 last = now
