@@ -58,6 +58,21 @@ def ns_pid(outside: int) -> int | None:
     return None
 
 
+def fd_links(pid: int) -> set[str]:
+    """What each open fd of `pid` points at (`socket:[123]`, `anon_inode:inotify`, paths).
+
+    A live process opens and closes fds while we list them; one gone by the time it is
+    read is simply skipped.
+    """
+    links = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            continue
+    return links
+
+
 def proc_state(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/stat") as handle:

@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.harness import CHILD, HOTSWAPD, Hotswapd, descendants, proc_state, run_to_exit
+from tests.harness import (
+    CHILD,
+    HOTSWAPD,
+    Hotswapd,
+    descendants,
+    fd_links,
+    proc_state,
+    run_to_exit,
+)
 from tests.helpers import REPO, wait_until
 
 Start = Any  # the `hotswapd` fixture: (options, command, **kwargs) -> Hotswapd
@@ -362,9 +370,7 @@ def test_inherited_sockets_are_the_same_across_stdio_checks(hotswapd: Start) -> 
     run = hotswapd(["--listen", "http=tcp://127.0.0.1:0"], [*CHILD])
     line = run.wait_stdout("ready (pid:")[0]
     child = run.outside_pid(int(line.split("pid: ")[1].rstrip(")")))
-    assert os.readlink(f"/proc/{child}/fd/3") in {
-        os.readlink(f"/proc/{run.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{run.pid}/fd")
-    }
+    assert os.readlink(f"/proc/{child}/fd/3") in fd_links(run.pid)
 
 
 def test_user_drops_privileges_and_no_new_privs(hotswapd: Start) -> None:

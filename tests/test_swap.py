@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Hotswapd, descendants, proc_state
+from tests.harness import Hotswapd, descendants, fd_links, proc_state
 from tests.helpers import REPO, wait_until
 from tests.load import Load
 
@@ -146,8 +146,7 @@ def test_same_listening_socket_in_both_generations(hotswapd: Start, program: Pat
     run.wait_event("swap_ready")
 
     def sockets(pid: int) -> set[str]:
-        links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-        return {link for link in links if link.startswith("socket:")}
+        return {link for link in fd_links(pid) if link.startswith("socket:")}
 
     shared = sockets(old) & sockets(new) & sockets(run.pid)
     assert len(shared) == 1  # the one --listen socket, held by hotswapd and both generations

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.harness import fd_links
 from tests.helpers import GO_SERVER_SRC, go_binary, wait_until
 from tests.load import Load
 
@@ -83,12 +84,9 @@ def test_inotify_fd_never_reaches_the_child(hotswapd: Start, go_server: Any,
     run.wait_event("supervising")
     first = run.wait_event("spawned")
 
-    def links(pid: int) -> list[str]:
-        return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-
-    assert "anon_inode:inotify" in links(run.pid)
+    assert "anon_inode:inotify" in fd_links(run.pid)
     child = run.outside_pid(int(first["pid"]))
-    assert "anon_inode:inotify" not in links(child)
+    assert "anon_inode:inotify" not in fd_links(child)
 
 
 def _wakeups(pid: int) -> int:
