@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+ATTEMPT_TIMEOUT_S = 2.0  # one probe request; --health-timeout bounds them all
+
 
 @dataclass
 class ProbeResult:
@@ -49,13 +51,17 @@ async def wait_healthy(session: aiohttp.ClientSession, url: str, deadline: float
         if remaining <= 0:
             return ProbeResult(False, attempts, last_status, last_error)
         attempts += 1
+        within = min(remaining, ATTEMPT_TIMEOUT_S)
         try:
-            last_status = await check_once(session, url, min(remaining, 2.0))
+            last_status = await check_once(session, url, within)
             if 200 <= last_status < 300:
                 return ProbeResult(True, attempts, last_status, None)
             last_error = f"answered HTTP {last_status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            last_error = type(exc).__name__ if not str(exc) else str(exc)
+            # An attempt cut short by the overall deadline says nothing about the server:
+            # keep what the previous attempt learned (say, "answered HTTP 503").
+            if not (isinstance(exc, TimeoutError) and within < ATTEMPT_TIMEOUT_S and last_error):
+                last_error = type(exc).__name__ if not str(exc) else str(exc)
         await asyncio.sleep(min(delay, max(deadline - loop.time(), 0)))
         delay = min(delay * 2, 0.2)
 
