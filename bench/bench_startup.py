@@ -19,7 +19,7 @@ noise hits all of them alike; medians and p90 of --runs runs each:
 
 Stages: hotswapd's start → exec cut at its stage boundaries (interpreter, imports,
 argument parsing, run() set-up, fork → exec), run directly and as PID 1 of a new pid
-namespace, by a wrapper that timestamps hotswapd.run.run and the spawn it calls.
+namespace, by a wrapper that timestamps hotswapd.boot.run.run and the spawn it calls.
 
 Steady RSS: each supervisor with a child that stays up, read from /proc/PID/status
 after ~1 s of settling (hotswapd: 1 s after its `supervising` event).
@@ -290,7 +290,7 @@ def exec_stamp(argv: list[str], env: dict[str, str]) -> tuple[list[bytes], str]:
 # --------------------------------------------------------------------------- stages
 
 # hotswapd's own start-up, with a timestamp at each stage boundary: the wrapper wraps
-# hotswapd.run.run and the spawn() that hotswapd.launch calls, and prints the marks
+# hotswapd.boot.run.run and the spawn() that hotswapd.boot.launch calls, and prints the marks
 # just before the fork; the child then prints its exec time.
 BREAKDOWN_WRAPPER = """\
 import time
@@ -298,9 +298,9 @@ _T = {"code_started": time.monotonic_ns()}
 import json, os, sys
 import hotswapd.cli
 _T["cli_imported"] = time.monotonic_ns()
-import hotswapd.run as _run
+import hotswapd.boot.run as _run
 _T["run_imported"] = time.monotonic_ns()
-import hotswapd.launch as _gen
+import hotswapd.boot.launch as _gen
 _real_run, _real_spawn = _run.run, _gen.spawn
 def _run_marked(config):
     _T["run_entered"] = time.monotonic_ns()
@@ -318,7 +318,7 @@ sys.exit(hotswapd.cli.main())
 STAGES = {
     "code_started": "interpreter start-up, until hotswapd's first line runs",
     "cli_imported": "import hotswapd.cli",
-    "run_imported": "import hotswapd.run (config, listeners, spawn, prctl)",
+    "run_imported": "import hotswapd.boot.run (config, listeners, spawn, prctl)",
     "run_entered": "main() → run(): parse the options into a Config",
     "spawn_called": "run() → spawn(): subreaper, bind, probe listener, env",
     "exec": "spawn() → child exec: fork, child set-up, execve",
@@ -557,7 +557,7 @@ def measure_marginal(python: str, modules: list[str], runs: int) -> dict[str, An
 
 
 # Shared dependencies, for scale, and everything hotswapd imports before the fork.
-MARGINAL_EXTRA = ["re", "socket", "inspect", "hotswapd.cli", "hotswapd.cli, hotswapd.run"]
+MARGINAL_EXTRA = ["re", "socket", "inspect", "hotswapd.cli", "hotswapd.cli, hotswapd.boot.run"]
 
 
 # --------------------------------------------------------------------------- main

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hotswapd.boot.values import WatchSpec
 from hotswapd.log import configure
-from hotswapd.values import WatchSpec
-from hotswapd.watch import Watcher
+from hotswapd.watch.watcher import Watcher
 
 MODES = ("inotify", "auto")
 GOAL_MS = 50.0

@@ -25,7 +25,7 @@ def run_parser(prog: str = "hotswapd") -> argparse.ArgumentParser:
     """The argparse description of the run mode: for --help, not for parsing."""
     import argparse
 
-    from hotswapd.config import add_options
+    from hotswapd.boot.config import add_options
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -54,7 +54,7 @@ def parse_run_args(argv: Sequence[str], require_command: bool = True) -> object:
     """Parse run-mode arguments into a Config (shared with doctor)."""
     import os
 
-    from hotswapd.config import build_config, parse_flags
+    from hotswapd.boot.config import build_config, parse_flags
 
     flags, command = parse_flags(argv)
     return build_config(flags, command, os.environ, require_command=require_command)
@@ -72,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--version" in options:
             print(f"hotswapd {__version__}")
             return 0
-        from hotswapd.config import Config
-        from hotswapd.run import run
+        from hotswapd.boot.config import Config
+        from hotswapd.boot.run import run
 
         config = parse_run_args(args)
         assert isinstance(config, Config)
@@ -87,15 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _subcommand(name: str, args: list[str]) -> int:
     if name == "ctl":
-        from hotswapd.ctl import main as ctl_main
+        from hotswapd.client.ctl import main as ctl_main
 
         return ctl_main(args)
     if name == "deploy":
-        from hotswapd.deploy import main as deploy_main
+        from hotswapd.client.deploy import main as deploy_main
 
         return deploy_main(args)
     if name == "doctor":
-        from hotswapd.doctor import main as doctor_main
+        from hotswapd.doctor.command import main as doctor_main
 
         return doctor_main(args)
     raise UsageError(f"unknown subcommand '{name}'", EXIT_USAGE)

@@ -28,8 +28,8 @@ for version in 3.12 3.13; do
         touch "$stamp"
     fi
     echo "== smoke on $("$venv/bin/python" --version)"
-    "$venv/bin/python" -c 'import asyncore, pyinotify, hotswapd.watch' 2>/dev/null \
-        || "$venv/bin/python" -c 'import pyinotify, hotswapd.watch'
+    "$venv/bin/python" -c 'import asyncore, pyinotify, hotswapd.watch.watcher' 2>/dev/null \
+        || "$venv/bin/python" -c 'import pyinotify, hotswapd.watch.watcher'
     # The installed package (not the checkout) is what runs: run from outside the repo root.
     PATH="$PWD/.venv/bin:$PATH" HOTSWAPD_TEST_INSTALLED=1 \
         "$venv/bin/python" -m pytest -q -p no:cacheprovider --rootdir=. tests/test_smoke.py

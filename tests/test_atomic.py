@@ -1,4 +1,4 @@
-"""hotswapd.atomic: installs and writes on real filesystems, full, read-only and foreign."""
+"""hotswapd.host.atomic: installs and writes on real filesystems, full, read-only and foreign."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hotswapd import atomic
-from hotswapd.atomic import AtomicWriteError, atomic_install, atomic_write, is_temp_name
 from hotswapd.errors import HotswapdError
+from hotswapd.host import atomic
+from hotswapd.host.atomic import AtomicWriteError, atomic_install, atomic_write, is_temp_name
 
 MiB = 1 << 20
 OLD = b"old generation\n" * 64

@@ -69,7 +69,7 @@ def test_startup_quick_writes_figures(tmp_path: Path) -> None:
     profile = data["import_profile"]
     assert positive(profile["hotswapd_imports_before_spawn_ms"])
     assert profile["heaviest_before_spawn"], profile
-    assert "hotswapd.cli, hotswapd.run" in profile["marginal_import_cost"]["marginal_ms"]
+    assert "hotswapd.cli, hotswapd.boot.run" in profile["marginal_import_cost"]["marginal_ms"]
 
 
 @pytest.mark.timeout(100)

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from hotswapd import cli, control
-from hotswapd.config import Config
+from hotswapd import cli
+from hotswapd.boot.config import Config
+from hotswapd.control import server as control
 from hotswapd.errors import HotswapdError
 from tests.harness import Hotswapd, ns_pid
 from tests.helpers import REPO, wait_until

@@ -44,10 +44,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hotswapd import config as hs
-from hotswapd import elf, states
+from hotswapd.boot import config as hs
+from hotswapd.boot.launch import check_templates
+from hotswapd.core import states
 from hotswapd.errors import UsageError
-from hotswapd.launch import check_templates
+from hotswapd.gates import elf
 from tests.harness import Hotswapd
 from tests.helpers import go_binary
 from tests.test_control import run_cli_as
@@ -70,7 +71,7 @@ PAGES = [REPO / "README.md"] + [
                  "troubleshooting", "design")
 ]  # fmt: skip
 PAGE_IDS = [page.relative_to(REPO).as_posix() for page in PAGES]
-SOURCE = "\n".join(path.read_text() for path in sorted((REPO / "hotswapd").glob("*.py")))
+SOURCE = "\n".join(path.read_text() for path in sorted((REPO / "hotswapd").rglob("*.py")))
 GO_MAIN = REPO / "docker" / "server" / "main.go"
 GO_FLAGS = set(re.findall(r'flag\.\w+\(\s*"([\w-]+)"', GO_MAIN.read_text()))
 EXAMPLE_SERVER = ("/app/server", "/app/bin/server")  # where the docs put the example server
@@ -704,7 +705,7 @@ def test_repository_files_and_code_named_exist(page: Path) -> None:
         for word in span.split():
             if word.startswith(top) and (word.endswith(source_ext) or word.endswith("/")):
                 assert (REPO / word).exists(), f"{where}: no {word} in the repository"
-            elif re.fullmatch(r"[a-z_]+\.py", word):
+            elif re.fullmatch(r"(?:[a-z_]+/)?[a-z_]+\.py", word):
                 assert (REPO / "hotswapd" / word).is_file(), f"{where}: no hotswapd/{word}"
         if match := re.fullmatch(r"([a-z_]+)\.([A-Z_][A-Za-z_]*)", span):
             module, attribute = match.groups()
@@ -736,7 +737,7 @@ def doc_events(page: Path) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_log_events_named_are_emitted(page: Path) -> None:
-    """Every log event a page names is logged somewhere in hotswapd/*.py."""
+    """Every log event a page names is logged somewhere in hotswapd/**/*.py."""
     missing = [f"{where}: {event}" for where, event in doc_events(page) if not emitted(event)]
     assert not missing, "events hotswapd never logs:\n" + "\n".join(missing)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from hotswapd import doctor
+from hotswapd.doctor import command as doctor
 from tests.helpers import REPO
 from tests.test_control import Start, make_app, serve
 

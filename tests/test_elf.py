@@ -1,4 +1,4 @@
-"""hotswapd.elf: real binaries, damaged copies of them, and ELF files built byte by byte."""
+"""hotswapd.gates.elf: real binaries, damaged copies of them, and ELF files built byte by byte."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hotswapd.elf import check_program, elf_interpreter, is_elf
+from hotswapd.gates.elf import check_program, elf_interpreter, is_elf
 
 TRUE = os.path.realpath("/bin/true")
 PYTHON = os.path.realpath(sys.executable)

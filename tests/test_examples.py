@@ -25,9 +25,10 @@ from typing import Any
 
 import pytest
 
-from hotswapd import config as hs
-from hotswapd import ctl, deploy, units
-from hotswapd.config import Config
+from hotswapd.boot import config as hs
+from hotswapd.boot import units
+from hotswapd.boot.config import Config
+from hotswapd.client import ctl, deploy
 from hotswapd.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -288,7 +289,7 @@ def test_dockerignore_keeps_build_outputs_out_of_the_context(stages: list[Stage]
                "bench/results/run.json", "hotswapd/__pycache__/config.cpython-311.pyc")  # fmt: skip
     for path in outputs:
         assert excluded(path, patterns), f"{path} would be sent to the build"
-    for path in ("pyproject.toml", "hotswapd/config.py", "docker/server/main.go",
+    for path in ("pyproject.toml", "hotswapd/boot/config.py", "docker/server/main.go",
                  "docker/server/go.mod"):  # fmt: skip
         assert not excluded(path, patterns), f"{path} is needed by the build"
     for stage in stages:
@@ -680,7 +681,7 @@ def test_docs_commands_use_real_flags(page: Path) -> None:
 
 def test_docs_name_the_real_log_events() -> None:
     """Each hotswapd log event the quickstart shows is emitted somewhere in the package."""
-    source = "\n".join(path.read_text() for path in (REPO / "hotswapd").glob("*.py"))
+    source = "\n".join(path.read_text() for path in (REPO / "hotswapd").rglob("*.py"))
     text = (REPO / "docs" / "quickstart.md").read_text()
     events = set(re.findall(r'"event": ?"(\w+)"', text))
     assert events, "the quickstart shows no log lines"

@@ -1,4 +1,4 @@
-"""hotswapd.watch on real inotify, real mounts and real sysctls: every fact in issue 4.
+"""hotswapd.watch.watcher on real inotify, real mounts and real sysctls: every fact in issue 4.
 
 Each scenario runs its own event loop (`run`). A change is made with plain blocking
 filesystem calls (the kernel queues the events meanwhile), then the test waits on what the
@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from hotswapd import watch_inotify as ino
+from hotswapd.boot.values import WatchSpec
 from hotswapd.log import configure
-from hotswapd.values import WatchSpec
-from hotswapd.watch import Watcher, WatchError
+from hotswapd.watch import inotify as ino
+from hotswapd.watch.watcher import Watcher, WatchError
 
 DEBOUNCE = 0.05
 TIMEOUT = 10.0

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-    from hotswapd.values import ListenSpec
+    from hotswapd.boot.values import ListenSpec
 
 SD_LISTEN_FDS_START = 3
 INHERITED_ENV = ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "LISTEN_PIDFDID", "NOTIFY_SOCKET")

@@ -33,9 +33,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hotswapd.config import Config
+from hotswapd.boot.config import Config
+from hotswapd.control.status import build_status
 from hotswapd.errors import HotswapdError
-from hotswapd.status import build_status
 
 PHASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 WATCH_MODES = ("auto", "inotify", "poll", "off")  # auto: inotify plus a periodic stat

@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hotswapd import signals as sigs
-from hotswapd.config import Config
-from hotswapd.errors import EXIT_FAILURE, SpawnError, describe_status, exit_status
-from hotswapd.events import (
+from hotswapd.boot import signals as sigs
+from hotswapd.boot.config import Config
+from hotswapd.boot.launch import Spawned, launch
+from hotswapd.boot.listeners import Listener
+from hotswapd.boot.spawn import Credentials
+from hotswapd.core.events import (
     ChildExited,
     Counters,
     Event,
@@ -31,15 +33,13 @@ from hotswapd.events import (
     SwapFinished,
     SwapRequested,
 )
-from hotswapd.generation import Generation
-from hotswapd.launch import Spawned, launch
-from hotswapd.listeners import Listener
-from hotswapd.notify import NotifySocket
-from hotswapd.reaper import Reaper, group_alive
-from hotswapd.spawn import Credentials
-from hotswapd.states import TRANSITIONS, GenState, State
-from hotswapd.stop import send, stop_generation
-from hotswapd.swap import SwapOutcome, SwapTransaction, file_sha256
+from hotswapd.core.generation import Generation
+from hotswapd.core.reaper import Reaper, group_alive
+from hotswapd.core.states import TRANSITIONS, GenState, State
+from hotswapd.core.stop import send, stop_generation
+from hotswapd.core.swap import SwapOutcome, SwapTransaction, file_sha256
+from hotswapd.errors import EXIT_FAILURE, SpawnError, describe_status, exit_status
+from hotswapd.gates.notify import NotifySocket
 
 RESTART_BACKOFF_START_S = 0.1  # first restart delay for --on-exit restart
 RESTART_BACKOFF_CAP_S = 30.0  # a crash loop settles at one attempt per 30 s
@@ -295,7 +295,7 @@ class Supervisor:
         self._transition(State.SWAPPING)
         self.swap_count += 1
         if self.session is None:
-            from hotswapd.probe import new_session
+            from hotswapd.gates.probe import new_session
 
             self.session = new_session()
         self.log.info(

@@ -20,12 +20,12 @@ import os
 import sys
 from typing import NoReturn
 
-from hotswapd import elf
-from hotswapd.atomic import AtomicWriteError, atomic_install
-from hotswapd.control import client_path
-from hotswapd.ctl import Client, finish
+from hotswapd.client.ctl import Client, finish
+from hotswapd.control.server import client_path
+from hotswapd.core.swap import file_sha256
 from hotswapd.errors import EXIT_FAILURE, EXIT_OK, HotswapdError, UsageError
-from hotswapd.swap import file_sha256
+from hotswapd.gates import elf
+from hotswapd.host.atomic import AtomicWriteError, atomic_install
 
 
 class _Parser(argparse.ArgumentParser):

@@ -12,7 +12,7 @@ Design notes (the field failures behind them are in docs/troubleshooting.md):
   identical rebuild fires nothing. The stat must also equal the one taken at the last
   hint, a whole quiet period earlier (the settle interval: a writer inotify cannot see,
   on a poll or blind mount, restarts it), and a swap-action executable must be a complete
-  ELF or #! script (hotswapd.elf) before it fires. Every write sends an event, so the
+  ELF or #! script (hotswapd.gates.elf) before it fires. Every write sends an event, so the
   common case costs one debounce, not two.
 - Watches are re-armed, never trusted: after IN_IGNORED, DELETE_SELF, MOVE_SELF or UNMOUNT
   the nearest existing ancestor is watched until the directory comes back, and every
@@ -35,11 +35,11 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from hotswapd import watch_inotify as ino
-from hotswapd.elf import check_program
+from hotswapd.boot.values import WatchSpec
 from hotswapd.errors import HotswapdError
+from hotswapd.gates.elf import check_program
 from hotswapd.log import get_logger
-from hotswapd.values import WatchSpec
+from hotswapd.watch import inotify as ino
 
 MODES = ("auto", "inotify", "poll")
 StatKey = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from hotswapd import sigbits
+from hotswapd.boot import sigbits
 
 TYPE_CHECKING = False  # see config.py
 if TYPE_CHECKING:
@@ -104,6 +104,6 @@ def _read_pipe_signals(fd: int, on_signal: Callable[[int], None]) -> None:
 
 
 def name(sig: int) -> str:
-    from hotswapd.units import signal_name
+    from hotswapd.boot.units import signal_name
 
     return signal_name(sig)

@@ -12,15 +12,14 @@ done with str methods.
 
 from __future__ import annotations
 
-from hotswapd import sigbits
-from hotswapd.errors import UsageError
-from hotswapd.units import (
+from hotswapd.boot import sigbits
+from hotswapd.boot.units import (
     BadValue,
     parse_bool,
     parse_duration,
     parse_signal,
 )
-from hotswapd.values import (
+from hotswapd.boot.values import (
     DEFAULT_MEMORY_GROWTH,
     ListenSpec,
     MemoryGrowth,
@@ -35,6 +34,7 @@ from hotswapd.values import (
     parse_watch,
     text,
 )
+from hotswapd.errors import UsageError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~10 ms (mypy: always_true)
 if TYPE_CHECKING:

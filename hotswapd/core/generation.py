@@ -6,14 +6,14 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hotswapd.states import GenState
+from hotswapd.core.states import GenState
 
 if TYPE_CHECKING:
     import _socket
     import asyncio
 
-    from hotswapd.launch import Spawned
-    from hotswapd.notify import NotifySocket
+    from hotswapd.boot.launch import Spawned
+    from hotswapd.gates.notify import NotifySocket
 
 
 @dataclass(eq=False)

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from hotswapd import memory
+from hotswapd.gates import memory
 
 STATUS_VERSION = 1  # bumped only if a key ever has to change meaning
 

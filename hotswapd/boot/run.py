@@ -15,12 +15,12 @@ import os
 import sys
 import time
 
-from hotswapd import signals
-from hotswapd.config import Config
+from hotswapd.boot import signals
+from hotswapd.boot.config import Config
+from hotswapd.boot.launch import Spawned, check_templates, launch
+from hotswapd.boot.listeners import Listener, adopt_inherited, bind_all, close_all
+from hotswapd.boot.spawn import Credentials, resolve_user
 from hotswapd.errors import HotswapdError
-from hotswapd.launch import Spawned, check_templates, launch
-from hotswapd.listeners import Listener, adopt_inherited, bind_all, close_all
-from hotswapd.spawn import Credentials, resolve_user
 
 TYPE_CHECKING = False  # see config.py
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def run(config: Config) -> int:
         credentials = resolve_user(config.user) if config.user else None
         notify = None
         if config.ready == "notify":
-            from hotswapd.notify import NotifySocket
+            from hotswapd.gates.notify import NotifySocket
 
             notify = NotifySocket(1)
         first = launch(config, listeners, 1, environ, credentials, notify=notify)
@@ -108,7 +108,7 @@ async def _main(
 ) -> int:
     import asyncio
 
-    from hotswapd.supervisor import Supervisor
+    from hotswapd.core.supervisor import Supervisor
 
     loop = asyncio.get_running_loop()
     supervisor = Supervisor(config, listeners, first, environ, credentials, log)
@@ -118,7 +118,7 @@ async def _main(
         sources = await _start_sources(config, supervisor, log, sources)
     except HotswapdError as exc:
         # Generation 1 already runs: stop it the normal way rather than orphan it.
-        from hotswapd.events import StopRequested
+        from hotswapd.core.events import StopRequested
 
         supervisor.post(StopRequested(exc.exit_code, str(exc)))
     log.info("supervising", generation=first.number, pid=first.pid,
@@ -136,8 +136,8 @@ async def _start_sources(
 ) -> list[Any]:
     """Start the optional event sources, adding each one's async close function to `closers`."""
     if config.watch:
-        from hotswapd.events import SignalRequested
-        from hotswapd.watch import Watcher
+        from hotswapd.core.events import SignalRequested
+        from hotswapd.watch.watcher import Watcher
 
         def on_change(spec: Any, reason: str) -> None:
             if spec.action == "swap":
@@ -150,11 +150,11 @@ async def _start_sources(
         await watcher.start()
         supervisor.watcher = watcher
         closers.append(watcher.close)
-    from hotswapd.control import start_control
+    from hotswapd.control.server import start_control
 
     closers.append(await start_control(config, supervisor, log))
     if config.metrics:
-        from hotswapd.metrics import start_metrics
+        from hotswapd.control.metrics import start_metrics
 
         closers.append(await start_metrics(config, supervisor, log))
     return closers

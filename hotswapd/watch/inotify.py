@@ -1,6 +1,6 @@
 """The kernel side of watching: the one inotify instance, one watch per directory, limits.
 
-Watcher (hotswapd.watch) decides what a change means; this module only keeps each watched
+Watcher (hotswapd.watch.watcher) decides what a change means; this module only keeps each watched
 directory watched (re-armed after it is deleted, moved or mounted over) and reports which
 names moved in which directory, and where inotify cannot be trusted at all.
 

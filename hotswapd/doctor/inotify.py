@@ -16,8 +16,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from hotswapd.config import Config
-from hotswapd.doctor_check import Finding, read_text, status_field
+from hotswapd.boot.config import Config
+from hotswapd.doctor.findings import Finding, read_text, status_field
 
 IN_MODIFY = 0x2
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from hotswapd.units import (
+from hotswapd.boot.units import (
     BadValue,
     format_size,
     parse_signal,

@@ -20,9 +20,9 @@ from typing import Any, NoReturn
 
 import aiohttp
 
-from hotswapd.control import client_path
+from hotswapd.boot.units import format_size
+from hotswapd.control.server import client_path
 from hotswapd.errors import EXIT_FAILURE, EXIT_OK, HotswapdError, UsageError
-from hotswapd.units import format_size
 
 _PHASE_WORDS = {
     "checked": "program checked", "spawned": "spawned", "notified": "READY=1 received",

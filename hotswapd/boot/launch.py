@@ -10,25 +10,25 @@ from __future__ import annotations
 import os
 import time
 
-from hotswapd.errors import EXIT_FAILURE, SpawnError, UsageError
-from hotswapd.listeners import (
+from hotswapd.boot.listeners import (
     SD_LISTEN_FDS_START,
     clean_environ,
     listen_env,
     make_probe_listener,
 )
-from hotswapd.spawn import ChildSpec, resolve_program, spawn
-from hotswapd.values import PROBE_LISTENER_NAME
+from hotswapd.boot.spawn import ChildSpec, resolve_program, spawn
+from hotswapd.boot.values import PROBE_LISTENER_NAME
+from hotswapd.errors import EXIT_FAILURE, SpawnError, UsageError
 
 TYPE_CHECKING = False  # see config.py
 if TYPE_CHECKING:
     import _socket
     from collections.abc import Iterator, Mapping, Sequence
 
-    from hotswapd.config import Config
-    from hotswapd.listeners import Listener
-    from hotswapd.notify import NotifySocket
-    from hotswapd.spawn import Credentials
+    from hotswapd.boot.config import Config
+    from hotswapd.boot.listeners import Listener
+    from hotswapd.boot.spawn import Credentials
+    from hotswapd.gates.notify import NotifySocket
 
 
 class Spawned:

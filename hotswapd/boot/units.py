@@ -5,7 +5,7 @@ Parsed with str methods, not `re`: this runs before generation 1 is spawned.
 
 from __future__ import annotations
 
-from hotswapd import sigbits
+from hotswapd.boot import sigbits
 
 _DURATION_UNITS = (("ms", 0.001), ("h", 3600.0), ("m", 60.0), ("s", 1.0))
 _SIZE_UNITS = {

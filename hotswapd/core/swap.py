@@ -17,14 +17,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from hotswapd import elf, memory, probe
-from hotswapd.config import Config
+from hotswapd.boot.config import Config
+from hotswapd.boot.listeners import accept_queue_length
+from hotswapd.boot.spawn import resolve_program
+from hotswapd.core.generation import Generation
+from hotswapd.core.reaper import Reaper
+from hotswapd.core.stop import stop_generation
 from hotswapd.errors import SpawnError, describe_status
-from hotswapd.generation import Generation
-from hotswapd.listeners import accept_queue_length
-from hotswapd.reaper import Reaper
-from hotswapd.spawn import resolve_program
-from hotswapd.stop import stop_generation
+from hotswapd.gates import elf, memory, probe
 
 ETXTBSY_RETRY_S = 5.0  # how long to wait for a writer to close a freshly built binary
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hotswapd.swap import SwapOutcome
+from hotswapd.core.swap import SwapOutcome
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,12 @@ from typing import Any
 
 from aiohttp import web
 
-from hotswapd.config import Config
+from hotswapd.boot.config import Config
+from hotswapd.boot.signals import name as signal_name
+from hotswapd.boot.units import BadValue, parse_signal
+from hotswapd.control.status import build_status
+from hotswapd.core.events import SignalRequested
 from hotswapd.errors import HotswapdError
-from hotswapd.events import SignalRequested
-from hotswapd.signals import name as signal_name
-from hotswapd.status import build_status
-from hotswapd.units import BadValue, parse_signal
 
 SOCKET_NAME = "control.sock"
 RUN_DIR = "/run/hotswapd"

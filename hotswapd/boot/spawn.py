@@ -19,9 +19,9 @@ import resource
 # Imported here, not in the child: an import after fork runs again at every spawn.
 import prctl
 
-from hotswapd import sigbits
+from hotswapd.boot import sigbits
+from hotswapd.boot.listeners import SD_LISTEN_FDS_START
 from hotswapd.errors import EXIT_FAILURE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, SpawnError
-from hotswapd.listeners import SD_LISTEN_FDS_START
 
 TYPE_CHECKING = False  # see config.py
 if TYPE_CHECKING:

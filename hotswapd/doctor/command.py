@@ -27,19 +27,20 @@ import socket
 import stat
 from collections.abc import Iterator
 
-from hotswapd import control, elf
+from hotswapd.boot.config import Config
+from hotswapd.boot.spawn import resolve_program
+from hotswapd.boot.units import format_size
 from hotswapd.cli import parse_run_args
-from hotswapd.config import Config
-from hotswapd.doctor_check import Finding, read_text, status_field
+from hotswapd.control import server as control
+from hotswapd.doctor.findings import Finding, read_text, status_field
 
 # `X as X` re-exports: tests/test_doctor.py counts inotify use as doctor.inotify_usage.
-from hotswapd.doctor_inotify import IN_MODIFY as IN_MODIFY
-from hotswapd.doctor_inotify import check_inotify
-from hotswapd.doctor_inotify import inotify_usage as inotify_usage
-from hotswapd.doctor_mounts import Mount, check_path, mounts
+from hotswapd.doctor.inotify import IN_MODIFY as IN_MODIFY
+from hotswapd.doctor.inotify import check_inotify
+from hotswapd.doctor.inotify import inotify_usage as inotify_usage
+from hotswapd.doctor.mounts import Mount, check_path, mounts
 from hotswapd.errors import EXIT_FAILURE, EXIT_OK, SpawnError
-from hotswapd.spawn import resolve_program
-from hotswapd.units import format_size
+from hotswapd.gates import elf
 
 
 def _signals_in(mask: str) -> list[int]:

@@ -12,9 +12,9 @@ import os
 import signal
 from typing import Any
 
-from hotswapd.generation import Generation
-from hotswapd.reaper import Reaper, group_alive
-from hotswapd.signals import name as signame
+from hotswapd.boot.signals import name as signame
+from hotswapd.core.generation import Generation
+from hotswapd.core.reaper import Reaper, group_alive
 
 KILL_WAIT_S = 10.0  # how long a SIGKILLed process may take to be reaped before we move on
 

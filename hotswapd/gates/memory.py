@@ -13,8 +13,8 @@ import os
 
 import psutil
 
-from hotswapd.units import format_size
-from hotswapd.values import MemoryGrowth
+from hotswapd.boot.units import format_size
+from hotswapd.boot.values import MemoryGrowth
 
 
 def tree_rss(pid: int) -> int:

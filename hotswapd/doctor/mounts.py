@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from hotswapd.config import Config
-from hotswapd.doctor_check import Finding, read_text
+from hotswapd.boot.config import Config
+from hotswapd.doctor.findings import Finding, read_text
 
 BLIND_FS = ("nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs", "vboxsf", "fakeowner", "grpcfuse")
 CLONE_NEWNS, MS_REC, MS_PRIVATE, MNT_DETACH = 0x20000, 0x4000, 0x40000, 2

@@ -1,0 +1,1 @@
+"""What runs before the first fork: options, listeners, fork+exec of a generation."""

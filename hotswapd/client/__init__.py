@@ -1,0 +1,1 @@
+"""Client commands (`ctl`, `deploy`): they talk to a running hotswapd, import no core."""

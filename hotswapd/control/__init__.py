@@ -1,0 +1,1 @@
+"""The operating side of a running hotswapd: control socket, status, metrics."""

@@ -1,0 +1,1 @@
+"""The state machine: one supervisor, its events, the swap transaction, stop and reap."""

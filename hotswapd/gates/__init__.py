@@ -1,0 +1,1 @@
+"""Verdicts on a candidate generation: program, health probe, sd_notify, memory."""

@@ -1,0 +1,1 @@
+"""File watching: inotify (or polling) on directories, and the decision to act."""
