@@ -50,16 +50,6 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return args, []
 
 
-def parse_run_args(argv: Sequence[str], require_command: bool = True) -> object:
-    """Parse run-mode arguments into a Config (shared with doctor)."""
-    import os
-
-    from hotswapd.boot.config import build_config, parse_flags
-
-    flags, command = parse_flags(argv)
-    return build_config(flags, command, os.environ, require_command=require_command)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -72,11 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--version" in options:
             print(f"hotswapd {__version__}")
             return 0
-        from hotswapd.boot.config import Config
+        from hotswapd.boot.config import parse_run_args
         from hotswapd.boot.run import run
 
         config = parse_run_args(args)
-        assert isinstance(config, Config)
         return run(config)
     except HotswapdError as exc:
         print(f"hotswapd: {exc}", file=sys.stderr, flush=True)

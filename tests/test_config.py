@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hotswapd.boot.config import Config, build_config
+from hotswapd.boot.config import Config, build_config, parse_run_args
 from hotswapd.boot.units import BadValue, parse_duration, parse_signal, parse_size
 from hotswapd.boot.values import MemoryGrowth, parse_listen, parse_memory_growth, parse_watch
-from hotswapd.cli import parse_run_args, run_parser, split_command
+from hotswapd.cli import run_parser, split_command
 from hotswapd.errors import UsageError
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from hotswapd import cli
+from hotswapd.boot import control_paths
 from hotswapd.boot.config import Config
 from hotswapd.control import server as control
 from hotswapd.errors import HotswapdError
@@ -355,20 +356,20 @@ def test_default_path_falls_back_when_run_is_unusable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Without /run, the socket goes to $XDG_RUNTIME_DIR/hotswapd, and ctl looks there too."""
-    monkeypatch.setattr(control, "RUN_DIR", str(tmp_path / "no" / "such" / "run"))
+    monkeypatch.setattr(control_paths, "RUN_DIR", str(tmp_path / "no" / "such" / "run"))
     runtime = tmp_path / "xdg"
     runtime.mkdir()
     environ = {"XDG_RUNTIME_DIR": str(runtime)}
-    path, explicit = control.server_path(Config(command=("x",)), environ)
+    path, explicit = control_paths.server_path(Config(command=("x",)), environ)
     assert (path, explicit) == (str(runtime / "hotswapd" / "control.sock"), False)
     assert path is not None
     sock = control.bind(path)
     try:
         assert stat.S_IMODE(os.stat(runtime / "hotswapd").st_mode) == 0o700
-        assert control.client_path(None, environ) == path
+        assert control_paths.client_path(None, environ) == path
     finally:
         sock.close()
-    assert control.server_path(Config(command=("x",), control_socket="off"), environ) == (
+    assert control_paths.server_path(Config(command=("x",), control_socket="off"), environ) == (
         None, True)  # fmt: skip
 
 

@@ -343,3 +343,11 @@ def _check_listen_names(specs: Sequence[ListenSpec]) -> None:
         if spec.name in seen:
             raise UsageError(f"--listen: the name '{spec.name}' is used twice (names are unique)")
         seen.add(spec.name)
+
+
+def parse_run_args(argv: Sequence[str], require_command: bool = True) -> Config:
+    """Parse run-mode arguments into a Config (shared with doctor)."""
+    import os
+
+    flags, command = parse_flags(argv)
+    return build_config(flags, command, os.environ, require_command=require_command)

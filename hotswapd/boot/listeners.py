@@ -19,6 +19,7 @@ import os
 import stat
 
 from hotswapd.errors import ListenError
+from hotswapd.host.unixsock import socket_state
 
 TYPE_CHECKING = False  # see config.py
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ def _bind_unix(spec: ListenSpec) -> Listener:
         if not stat.S_ISSOCK(st.st_mode):
             raise ListenError(f"{where}: {path} exists and is not a socket (remove it or "
                               "choose another path)")  # fmt: skip
-        if _unix_socket_is_live(path):
+        if socket_state(path) == "live":
             raise ListenError(f"{where}: a live server is already listening on {path}")
         os.unlink(path)  # stale socket left by a dead process
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -179,17 +180,6 @@ def _bind_unix(spec: ListenSpec) -> Listener:
         sock.close()
         raise ListenError(f"{where}: {exc.strerror}") from None
     return Listener(name=spec.name, sock=sock, unix_path=path)
-
-
-def _unix_socket_is_live(path: str) -> bool:
-    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
 
 
 def close_all(listeners: Sequence[Listener]) -> None:

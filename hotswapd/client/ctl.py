@@ -20,8 +20,8 @@ from typing import Any, NoReturn
 
 import aiohttp
 
+from hotswapd.boot.control_paths import client_path
 from hotswapd.boot.units import format_size
-from hotswapd.control.server import client_path
 from hotswapd.errors import EXIT_FAILURE, EXIT_OK, HotswapdError, UsageError
 
 _PHASE_WORDS = {

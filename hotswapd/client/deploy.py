@@ -20,12 +20,12 @@ import os
 import sys
 from typing import NoReturn
 
+from hotswapd.boot.control_paths import client_path
 from hotswapd.client.ctl import Client, finish
-from hotswapd.control.server import client_path
-from hotswapd.core.swap import file_sha256
 from hotswapd.errors import EXIT_FAILURE, EXIT_OK, HotswapdError, UsageError
 from hotswapd.gates import elf
 from hotswapd.host.atomic import AtomicWriteError, atomic_install
+from hotswapd.host.hashing import file_sha256
 
 
 class _Parser(argparse.ArgumentParser):

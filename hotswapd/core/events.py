@@ -5,11 +5,32 @@ and its own tasks put on the one queue. Each has a `handle_<event>` in the super
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hotswapd.core.swap import SwapOutcome
+
+@dataclass
+class SwapOutcome:
+    """The one record of a swap; `status` and `/metrics` report it as is."""
+
+    swap_id: int
+    trigger: str
+    outcome: str = "pending"  # committed | rolled_back | refused
+    reason: str = ""
+    old_generation: int | None = None
+    old_pid: int | None = None
+    new_generation: int | None = None
+    new_pid: int | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    old_rss_bytes: int | None = None
+    new_rss_bytes: int | None = None
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -31,15 +31,17 @@ from hotswapd.core.events import (
     StopFinished,
     StopRequested,
     SwapFinished,
+    SwapOutcome,
     SwapRequested,
 )
 from hotswapd.core.generation import Generation
 from hotswapd.core.reaper import Reaper, group_alive
 from hotswapd.core.states import TRANSITIONS, GenState, State
 from hotswapd.core.stop import send, stop_generation
-from hotswapd.core.swap import SwapOutcome, SwapTransaction, file_sha256
+from hotswapd.core.swap import SwapTransaction
 from hotswapd.errors import EXIT_FAILURE, SpawnError, describe_status, exit_status
 from hotswapd.gates.notify import NotifySocket
+from hotswapd.host.hashing import file_sha256
 
 RESTART_BACKOFF_START_S = 0.1  # first restart delay for --on-exit restart
 RESTART_BACKOFF_CAP_S = 30.0  # a crash loop settles at one attempt per 30 s

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from hotswapd.boot.config import Config
 from hotswapd.boot.listeners import accept_queue_length
 from hotswapd.boot.spawn import resolve_program
+from hotswapd.core.events import SwapOutcome
 from hotswapd.core.generation import Generation
 from hotswapd.core.reaper import Reaper
 from hotswapd.core.stop import stop_generation
@@ -27,28 +26,6 @@ from hotswapd.errors import SpawnError, describe_status
 from hotswapd.gates import elf, memory, probe
 
 ETXTBSY_RETRY_S = 5.0  # how long to wait for a writer to close a freshly built binary
-
-
-@dataclass
-class SwapOutcome:
-    """The one record of a swap; `status` and `/metrics` report it as is."""
-
-    swap_id: int
-    trigger: str
-    outcome: str = "pending"  # committed | rolled_back | refused
-    reason: str = ""
-    old_generation: int | None = None
-    old_pid: int | None = None
-    new_generation: int | None = None
-    new_pid: int | None = None
-    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
-    old_rss_bytes: int | None = None
-    new_rss_bytes: int | None = None
-    started_at: float = field(default_factory=time.time)
-    finished_at: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class SwapHooks(Protocol):
@@ -345,23 +322,3 @@ class SwapTransaction:
                                        already_signalled=True)  # fmt: skip
         self._phase("old_exited", old_generation=self.old.number, old_pid=self.old.pid,
                     old_status=describe_status(status))  # fmt: skip
-
-
-def file_sha256(path: str | int) -> str | None:
-    """The executable's hash for status; reads through an fd when given one."""
-    try:
-        fd = os.dup(path) if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    digest = hashlib.sha256()
-    try:
-        offset = 0
-        while True:
-            chunk = os.pread(fd, 1 << 20, offset)
-            if not chunk:
-                break
-            digest.update(chunk)
-            offset += len(chunk)
-    finally:
-        os.close(fd)
-    return digest.hexdigest()

@@ -27,11 +27,10 @@ import socket
 import stat
 from collections.abc import Iterator
 
-from hotswapd.boot.config import Config
+from hotswapd.boot.config import Config, parse_run_args
+from hotswapd.boot.control_paths import dir_problem, server_path
 from hotswapd.boot.spawn import resolve_program
 from hotswapd.boot.units import format_size
-from hotswapd.cli import parse_run_args
-from hotswapd.control import server as control
 from hotswapd.doctor.findings import Finding, read_text, status_field
 
 # `X as X` re-exports: tests/test_doctor.py counts inotify use as doctor.inotify_usage.
@@ -41,6 +40,7 @@ from hotswapd.doctor.inotify import inotify_usage as inotify_usage
 from hotswapd.doctor.mounts import Mount, check_path, mounts
 from hotswapd.errors import EXIT_FAILURE, EXIT_OK, SpawnError
 from hotswapd.gates import elf
+from hotswapd.host.unixsock import socket_state
 
 
 def _signals_in(mask: str) -> list[int]:
@@ -144,7 +144,7 @@ def check_listen(config: Config) -> Iterator[Finding]:
     for spec in config.listen:
         check = f"listen {spec.name}={spec.url}"
         if spec.kind == "unix":
-            state = control.socket_state(spec.path)
+            state = socket_state(spec.path)
             directory = os.path.dirname(spec.path)
             if not os.access(directory, os.W_OK):
                 yield Finding("fail", check, f"{directory} is missing or not writable",
@@ -215,16 +215,16 @@ def check_memory() -> Iterator[Finding]:
 
 
 def check_control(config: Config) -> Iterator[Finding]:
-    path, explicit = control.server_path(config, os.environ)
+    path, explicit = server_path(config, os.environ)
     if path is None:
         yield Finding("warn", "control", "control socket off or no writable runtime directory: "
                       "`hotswapd ctl` and `deploy` cannot reach hotswapd",
                       "give --control-socket PATH in a writable directory")  # fmt: skip
         return
     directory = os.path.dirname(path)
-    problem = control.dir_problem(directory) if not explicit or os.path.basename(
+    problem = dir_problem(directory) if not explicit or os.path.basename(
         directory) == "hotswapd" else None  # fmt: skip
-    state = control.socket_state(path)
+    state = socket_state(path)
     if problem:
         yield Finding("fail", "control", problem, f"remove {directory} or choose another path")
     elif state == "not-a-socket":
