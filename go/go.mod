@@ -1,0 +1,3 @@
+module hotswapd.example/hotswap
+
+go 1.21
