@@ -111,7 +111,7 @@ class Hotswapd:
         )  # fmt: skip
         self.pid1 = pid1
         self._read_output()
-        self.pid = self._find_pid()
+        self._pid = self._find_pid()
 
     def _read_output(self) -> None:
         """Collect stdout and stderr lines (and parse the JSON log lines) in the background."""
@@ -126,21 +126,48 @@ class Hotswapd:
         for thread in self._threads:
             thread.start()
 
-    def _find_pid(self) -> int:
+    def _find_pid(self) -> int | None:
+        """hotswapd's pid, or None when it is gone before it could be found.
+
+        Never a placeholder like -1: `os.kill(-1, sig)` signals every process the caller
+        may signal, and as root that is nearly the whole machine.
+        """
         if not self.pid1:
             return self.proc.pid
+        done = object()
 
-        def child_of_unshare() -> int | None:
+        def child_of_unshare() -> object:
             kids = descendants(self.proc.pid)
-            return kids[0] if kids else None
+            if kids:
+                return kids[0]
+            return done if self.proc.poll() is not None else None
 
-        if self.proc.poll() is not None:
-            return -1
         try:
-            pid: int = wait_until(child_of_unshare, 10, "hotswapd to start in its pid namespace")
-            return pid
+            found = wait_until(child_of_unshare, 10, "hotswapd to start in its pid namespace")
         except AssertionError:
-            return -1
+            return None
+        return found if isinstance(found, int) else None
+
+    @property
+    def pid(self) -> int:
+        """hotswapd's own pid, verified now: raises when there is no such process to act on.
+
+        Once hotswapd is reaped its pid may be reused by any process on the machine, so
+        it is only handed out while the process is still ours: our unreaped child, or
+        (as PID 1) a child of the `unshare` we started, which is still running.
+        """
+        pid = self._pid
+        if pid is None or pid <= 1:
+            raise LookupError(f"hotswapd's pid was never found: nothing to signal\n{self.tail()}")
+        if self.proc.poll() is not None:
+            raise LookupError(f"hotswapd has exited ({self.proc.returncode}): nothing to signal")
+        if self.pid1 and pid not in descendants(self.proc.pid):
+            raise LookupError(f"hotswapd (pid {pid}) has exited: nothing to signal")
+        return pid
+
+    @pid.setter
+    def pid(self, value: int) -> None:  # a subclass that finds hotswapd its own way
+        self._pid = value
 
     def _pump(self, stream: Any, is_stderr: bool) -> None:
         for raw in iter(stream.readline, b""):
@@ -231,7 +258,10 @@ class Hotswapd:
 
     def kill_tree(self) -> None:
         if self.proc.poll() is None:
-            for pid in [self.pid, *descendants(self.proc.pid)]:
+            own = [] if self._pid is None else [self._pid]
+            for pid in [*own, *descendants(self.proc.pid)]:
+                if pid <= 1:  # never -1 (everything) or 0 (our own group)
+                    continue
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError, PermissionError):
