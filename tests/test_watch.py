@@ -29,8 +29,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from hotswapd.boot.values import WatchSpec
+from hotswapd.host import fsfacts, mountinfo
 from hotswapd.log import configure
-from hotswapd.watch import inotify as ino
 from hotswapd.watch.watcher import Watcher, WatchError
 
 DEBOUNCE = 0.05
@@ -318,7 +318,7 @@ def test_reused_inode_number_still_fires(app: Path) -> None:
             await fires.wait(1)
             await settle(watcher)
             assert len(fires) == 1
-            if ino.fs_type(str(app))[0] in ("ext4", "xfs"):  # these hand the number out again
+            if mountinfo.fs_type(str(app))[0] in ("ext4", "xfs"):  # these hand the number out again
                 assert config.stat().st_ino == inode
 
     run(scenario)
@@ -652,7 +652,7 @@ def test_overlayfs_merged_path_changes_fire_once_each(tmp_path: Path) -> None:
             assert len(fires) == 2
 
     with mounted(merged, "-t", "overlay", "overlay", "-o", options):
-        assert ino.fs_type(str(merged)) == ("overlay", str(merged))
+        assert mountinfo.fs_type(str(merged)) == ("overlay", str(merged))
         run(scenario)
 
 
@@ -663,12 +663,12 @@ def test_blind_filesystem_falls_back_to_poll(
     app: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On nfs4 (read from mountinfo) auto polls and says why; inotify mode refuses to start."""
-    mountinfo = tmp_path / "mountinfo"
-    mountinfo.write_text(
+    table = tmp_path / "mountinfo"
+    table.write_text(
         "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
         f"99 27 0:99 / {app} rw,relatime - nfs4 server:/export rw,vers=4.2\n"
     )
-    monkeypatch.setattr(ino, "MOUNTINFO", str(mountinfo))
+    monkeypatch.setattr(mountinfo, "MOUNTINFO", str(table))
 
     async def scenario() -> None:
         async with watching(swap(app / "config.yaml"), mode="auto", poll=0.05) as (watcher, fires):
@@ -689,21 +689,21 @@ def test_fs_type_parses_mountinfo_and_blind_types(tmp_path: Path) -> None:
     (spaced / "app").mkdir(parents=True)
     (share / "x").mkdir(parents=True)
     (tmp_path / "hostile").mkdir()
-    mountinfo = tmp_path / "mountinfo"
+    table = tmp_path / "mountinfo"
     escaped = str(spaced).replace(" ", "\\040")
-    mountinfo.write_text(
+    table.write_text(
         "1 0 0:1 / / rw - ext4 /dev/vda rw\n"
         f"2 1 0:2 / {escaped} rw shared:1 - fuse.grpcfuse grpcfuse rw\n"
         f"3 1 0:3 / {share} rw - virtiofs share rw\n"
     )
-    info = str(mountinfo)
-    assert ino.fs_type(str(spaced / "app" / "server"), info) == ("fuse.grpcfuse", str(spaced))
-    assert ino.fs_type(str(share / "x" / "missing" / "f"), info) == ("virtiofs", str(share))
-    assert ino.fs_type(str(tmp_path / "hostile"), info) == ("ext4", "/")
+    info = str(table)
+    assert mountinfo.fs_type(str(spaced / "app" / "server"), info) == ("fuse.grpcfuse", str(spaced))
+    assert mountinfo.fs_type(str(share / "x" / "missing" / "f"), info) == ("virtiofs", str(share))
+    assert mountinfo.fs_type(str(tmp_path / "hostile"), info) == ("ext4", "/")
     for blind in ("nfs", "nfs4", "cifs", "smb3", "fuse", "fuse.sshfs", "fuseblk", "virtiofs", "9p"):
-        assert ino.is_blind(blind), blind
+        assert fsfacts.is_blind(blind), blind
     for fine in ("ext4", "xfs", "btrfs", "tmpfs", "overlay"):
-        assert not ino.is_blind(fine), fine
+        assert not fsfacts.is_blind(fine), fine
 
 
 @needs_root
