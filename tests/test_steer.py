@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
+import json
 import os
 import select
 import socket
@@ -658,6 +659,58 @@ def test_accept_queue_length_counts_connections_waiting_for_accept(
         client.close()
 
 
+MIGRATION = """
+import json, socket, subprocess, sys, time
+from hotswapd.steer import observe
+from hotswapd.steer.bpf import Plan, attach, build
+
+def wait(predicate):
+    deadline = time.monotonic() + 5
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+with open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as setting:
+    setting.write(sys.argv[1])
+members = []
+for port in (0, None):
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port if port is not None else members[0].getsockname()[1]))
+    sock.listen(64)
+    members.append(sock)
+old, new = members
+attach(old, build(Plan(active=0)))
+clients = [socket.create_connection(old.getsockname(), timeout=5) for _ in range(5)]
+wait(lambda: observe.accept_queue_length(old) == 5)
+attach(new, build(Plan(active=1)))
+old.close()
+moved = observe.accept_queue_length(new)
+for _ in range(moved):
+    new.accept()[0].close()
+outcomes = []
+for client in clients:
+    try:
+        outcomes.append("closed" if client.recv(1) == b"" else "data")
+    except ConnectionResetError:
+        outcomes.append("reset")
+print(json.dumps({"enabled": observe.queue_migration(), "moved": moved, "outcomes": outcomes}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace of its own needs root")
+@pytest.mark.parametrize(("setting", "moved", "outcome"), [("0", 0, "reset"), ("1", 5, "closed")])
+def test_closing_a_member_resets_its_queue_unless_migration_is_on(
+    setting: str, moved: int, outcome: str
+) -> None:
+    """5 queued on a closed member: reset by default, handed to the other with tcp_migrate_req."""
+    out = subprocess.run(["unshare", "--net", sys.executable, "-c", MIGRATION, setting], cwd=REPO,
+                         capture_output=True, text=True, check=True, timeout=30).stdout  # fmt: skip
+    result = json.loads(out)
+    assert result == {"enabled": setting == "1", "moved": moved, "outcomes": [outcome] * 5}
+
+
 def test_reserved_ports_are_not_for_anyone_else(source: ProbeSource) -> None:
     """A plain bind of a reserved port fails; the IPv4 source is outside 127.0/16."""
     assert len(source.ports) == 4
@@ -740,4 +793,6 @@ def test_importing_steer_loads_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout.split()  # fmt: skip
-    assert {m for m in out if not m.startswith("hotswapd")} <= {"__future__", "_socket", "errno"}, out
+    assert {m for m in out if not m.startswith("hotswapd")} <= {"__future__", "_socket", "errno"}, (
+        out
+    )

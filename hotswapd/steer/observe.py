@@ -51,6 +51,21 @@ def accept_backlog(sock: _socket.socket) -> int:
     return int.from_bytes(info[_TCP_INFO_SACKED : _TCP_INFO_SACKED + 4], sys.byteorder)
 
 
+def queue_migration() -> bool:
+    """Whether this network namespace hands a closed listener's queue to another member.
+
+    With net.ipv4.tcp_migrate_req=1 (Linux 5.14+, per network namespace) closing a
+    group member moves its queued and half-open connections to another member instead
+    of resetting them. A classic BPF program is not asked where: the kernel's hash
+    picks, so only a group of two is sure to hand them to the right socket.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/tcp_migrate_req") as setting:
+            return setting.read().strip() == "1"
+    except OSError:
+        return False
+
+
 def socket_inode(sock: _socket.socket) -> int:
     """The inode /proc/net/tcp lists for this socket."""
     return os.fstat(sock.fileno()).st_ino
