@@ -49,8 +49,13 @@ def serve(
             pid=os.getpid(),
             note="not PID 1: became a child subreaper so orphans are reaped here",
         )
-    log.info("spawned", generation=first.number, pid=first.pid, executable=first.executable,
-             startup_ms=round(spawned_ms, 2))  # fmt: skip
+    log.info(
+        "spawned",
+        generation=first.number,
+        pid=first.pid,
+        executable=first.executable,
+        startup_ms=round(spawned_ms, 2),
+    )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -83,8 +88,12 @@ async def _main(
         from hotswapd.core.events import StopRequested
 
         supervisor.post(StopRequested(exc.exit_code, str(exc)))
-    log.info("supervising", generation=first.number, pid=first.pid,
-             swap_signal=signals.name(config.swap_signal))  # fmt: skip
+    log.info(
+        "supervising",
+        generation=first.number,
+        pid=first.pid,
+        swap_signal=signals.name(config.swap_signal),
+    )
     try:
         return await supervisor.run()
     finally:
@@ -107,8 +116,13 @@ async def _start_sources(
             else:
                 supervisor.post(SignalRequested(spec.signal, source=f"watch {spec.path}"))
 
-        watcher = Watcher(config.watch, mode=config.watch_mode, debounce=config.debounce,
-                          poll_interval=config.poll_interval, on_change=on_change)  # fmt: skip
+        watcher = Watcher(
+            config.watch,
+            mode=config.watch_mode,
+            debounce=config.debounce,
+            poll_interval=config.poll_interval,
+            on_change=on_change,
+        )
         await watcher.start()
         supervisor.watcher = watcher
         closers.append(watcher.close)

@@ -422,7 +422,8 @@ def emitted(event: str) -> bool:
     """Whether hotswapd logs this event: a string literal, a swap phase, or an f-string."""
     if f'"{event}"' in SOURCE or f"'{event}'" in SOURCE:
         return True
-    if event.startswith("swap_") and f'_phase("{event.removeprefix("swap_")}"' in SOURCE:
+    phase = re.escape(event.removeprefix("swap_"))
+    if event.startswith("swap_") and re.search(rf'_phase\(\s*"{phase}"', SOURCE):
         return True
     placeholder = r"\b(?:PATH|DIR)\b|…"  # a path, a directory, or the rest of the message
     if not re.search(placeholder, event):
@@ -1261,13 +1262,17 @@ def test_swap_page_refusals_and_rollbacks_are_real(session: Session) -> None:
     page = REPO / "docs" / "swap.md"
     table = next(rows for header, rows in tables(page) if header[:1] == ["case"])
     reasons = {spans(cells[1])[0] for _, cells in table}
+    codes = {spans(cells[1])[0]: spans(cells[2])[0] for _, cells in table}
     for case, stderr in session.refusals.items():
         documented = next(r for r in reasons if r.startswith("swap refused") and case in r)
         pattern = re.escape(shape(documented)).replace("…", ".*?")
         assert re.search(pattern, shape(stderr)), f"swap.md: '{documented}' but really: {stderr}"
         prefix = shape(documented).split("…")[0].rstrip()
-        logged = [shape(e["reason"]) for e in session.logs if e["event"] == "swap_rolled_back"]
-        assert any(prefix in reason for reason in logged), f"no swap_rolled_back: {documented}"
+        # nothing was started: a refusal, not a rollback, under the code the table shows
+        logged = [e for e in session.logs if e["event"] == "swap_refused"]
+        matching = [e for e in logged if prefix in shape(e["reason"])]
+        assert matching, f"no swap_refused: {documented}"
+        assert matching[0]["code"] == codes[documented], f"swap.md: code of '{documented}'"
     (real,) = {e["reason"] for e in session.logs
                if e["event"] == "swap_rolled_back" and "health check" in e["reason"]}  # fmt: skip
     for page in PAGES:

@@ -2,7 +2,8 @@
 
 1. block the signals we will handle   (one arriving now stays pending, not lost)
 2. become a child subreaper           (unless PID 1, which reaps orphans anyway)
-3. bind (or adopt) the listeners      (once, for hotswapd's whole life)
+3. bind (or adopt) the listeners      (once, for hotswapd's whole life), and try the
+   control socket and metrics port     (a bad one is exit 2 with no child started)
 4. spawn generation 1                 (before asyncio, aiohttp, structlog are imported)
 5. import the heavy modules
 6. start the event sources            (signals unblocked, reaper, watcher, control)
@@ -15,7 +16,7 @@ import os
 import sys
 import time
 
-from hotswapd.boot import signals
+from hotswapd.boot import signals, sockets
 from hotswapd.boot.config import Config
 from hotswapd.boot.launch import check_templates, launch
 from hotswapd.boot.listeners import Listener, adopt_inherited, bind_all, close_all
@@ -42,6 +43,7 @@ def run(config: Config) -> int:
         listeners = adopted if adopted is not None else bind_all(config.listen)
         check_templates(config.command, [listener.name for listener in listeners])
         credentials = resolve_user(config.user) if config.user else None
+        sockets.check_all(config, environ)  # a bad control or metrics socket: exit 2, no child
         notify = None
         if config.ready == "notify":
             from hotswapd.gates.notify import NotifySocket
@@ -56,7 +58,8 @@ def run(config: Config) -> int:
     from hotswapd.serve import serve  # the one hand-off: heavy imports start after the spawn
 
     try:
-        return serve(config, listeners, first, environ, credentials, is_pid1, adopted is not None,
-                     spawned_ms)  # fmt: skip
+        return serve(
+            config, listeners, first, environ, credentials, is_pid1, adopted is not None, spawned_ms
+        )
     finally:
         close_all(listeners)

@@ -5,10 +5,45 @@ and its own tasks put on the one queue. Each has a `handle_<event>` in the super
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+class Outcome(enum.StrEnum):
+    """How a swap ended. A str enum: logs, JSON and metrics show the plain value."""
+
+    PENDING = "pending"
+    COMMITTED = "committed"  # the candidate passed every gate and is active
+    ROLLED_BACK = "rolled_back"  # a candidate was started and failed a gate; it was stopped
+    REFUSED = "refused"  # nothing was started: a pre-flight check or the supervisor said no
+
+
+class Code(enum.StrEnum):
+    """Why a swap ended, as a stable low-cardinality label (metrics, counters, scripts).
+
+    The free-text `reason` is for people; this is what a program should match on.
+    """
+
+    PASSED = "all_gates_passed"
+    # refused: nothing was started
+    PROGRAM = "program_refused"  # missing, not executable, truncated or foreign program
+    HEADROOM = "no_headroom"  # the cgroup cannot hold two generations
+    BUSY = "swap_in_progress"  # a rollback asked for while a swap runs
+    NOT_RUNNING = "not_running"  # hotswapd is stopping or restarting
+    NO_PREVIOUS = "no_previous"  # rollback with nothing committed before
+    # rolled back: a candidate was started and is gone again
+    SPAWN = "spawn_failed"  # fork or exec of the candidate failed
+    NOTIFY = "notify"  # no READY=1 within --health-timeout
+    HEALTH = "health"  # the health probe did not pass
+    MEMORY = "memory"  # grew past --max-memory-growth (or could not be measured)
+    CANARY = "canary"  # a probe failed during a canary step
+    EXITED = "exited"  # the candidate exited during a gate
+    ABORTED = "aborted"  # hotswapd is stopping, or the active generation exited
+    TIMEOUT = "timed_out"  # a gate's backstop deadline passed
+    INTERNAL = "internal"  # a bug: the swap still ended with an outcome
 
 
 @dataclass
@@ -17,8 +52,9 @@ class SwapOutcome:
 
     swap_id: int
     trigger: str
-    outcome: str = "pending"  # committed | rolled_back | refused
+    outcome: Outcome = Outcome.PENDING
     reason: str = ""
+    code: Code | None = None
     old_generation: int | None = None
     old_pid: int | None = None
     new_generation: int | None = None
@@ -82,9 +118,15 @@ class StopRequested:
 
 
 Event = (
-    SignalReceived | ChildExited | SwapRequested | SwapFinished | SignalRequested | RestartDue
-    | StopFinished | StopRequested
-)  # fmt: skip
+    SignalReceived
+    | ChildExited
+    | SwapRequested
+    | SwapFinished
+    | SignalRequested
+    | RestartDue
+    | StopFinished
+    | StopRequested
+)
 
 
 @dataclass
@@ -95,4 +137,5 @@ class Counters:
     swaps_coalesced: int = 0
     restarts: int = 0
     signals_forwarded: int = 0
-    rollback_reasons: dict[str, int] = field(default_factory=dict)
+    rollback_reasons: dict[str, int] = field(default_factory=dict)  # by Code value
+    refusal_reasons: dict[str, int] = field(default_factory=dict)  # by Code value

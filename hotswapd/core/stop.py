@@ -2,6 +2,12 @@
 
 Used for every way a generation ends: hotswapd stopping, a drained old generation,
 a rolled-back candidate, and what is left of a group after its leader exited.
+
+Every stop or drain signal is followed by SIGCONT to the group, as init systems do: a
+stopped process (SIGSTOP, a debugger detached, `kill -STOP` by hand) keeps the signal
+pending and would sit out the whole timeout before the SIGKILL, though it would have
+exited cleanly the moment it ran again. SIGCONT to a running process does nothing
+unless it asked to hear it.
 """
 
 from __future__ import annotations
@@ -33,6 +39,27 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pgid, sig)
 
 
+def resume_group(pgid: int) -> None:
+    """SIGCONT after a stop or drain signal, so a stopped member can act on it."""
+    kill_group(pgid, signal.SIGCONT)
+
+
+def is_stopped(pid: int) -> bool:
+    """Is `pid` stopped by a signal (state `T` in /proc/PID/stat)?
+
+    It then cannot answer a probe or send READY=1 until someone sends SIGCONT, and a
+    gate that times out should say so rather than blame the server's code.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    # The command name may contain spaces and parentheses: the state follows the last ')'.
+    fields = stat.rpartition(b")")[2].split()
+    return bool(fields) and fields[0] == b"T"
+
+
 async def stop_generation(
     gen: Generation,
     sig: int,
@@ -51,6 +78,9 @@ async def stop_generation(
             log.info("stop_signal_sent", generation=gen.number, pid=gen.pid,
                      signal=signame(sig), why=why, timeout_s=grace)  # fmt: skip
             send(gen.pid, sig)
+        # Also when the caller sent the signal (the drain at cutover): this is the first
+        # moment the stop is ours, and a stopped generation must get to act on it.
+        resume_group(gen.pid)
         status = await _exit_within(gen, grace)
         if status is None:
             log.warning(
@@ -79,6 +109,7 @@ async def stop_generation(
     # The leader is gone; give the rest of its group what is left of the grace period.
     if group_alive(gen.pid):
         kill_group(gen.pid, sig)
+        resume_group(gen.pid)
         if not await reaper.wait_group_empty(gen.pid, max(deadline - loop.time(), 0)):
             log.warning("stop_group_kill", generation=gen.number, pgid=gen.pid, why=why)
             kill_group(gen.pid)

@@ -23,8 +23,10 @@ from hotswapd.boot.listeners import Listener
 from hotswapd.boot.spawn import Credentials
 from hotswapd.core.events import (
     ChildExited,
+    Code,
     Counters,
     Event,
+    Outcome,
     RestartDue,
     SignalReceived,
     SignalRequested,
@@ -140,8 +142,13 @@ class Supervisor:
         return gen.sha256
 
     def _notify_message(self, gen: Generation, fields: dict[str, str], sender: int | None) -> None:
-        self.log.info("sd_notify", generation=gen.number, pid=gen.pid, sender_pid=sender,
-                      **{key.lower(): value for key, value in fields.items()})  # fmt: skip
+        self.log.info(
+            "sd_notify",
+            generation=gen.number,
+            pid=gen.pid,
+            sender_pid=sender,
+            **{key.lower(): value for key, value in fields.items()},
+        )
 
     # ---------------------------------------------------------------- the loop
 
@@ -212,12 +219,18 @@ class Supervisor:
         gen = self.active
         if gen.alive and send(gen.pid, sig):
             self.counters.signals_forwarded += 1
-            self.log.debug("signal_forwarded", signal=sigs.name(sig), generation=gen.number,
-                           pid=gen.pid)  # fmt: skip
+            self.log.debug(
+                "signal_forwarded", signal=sigs.name(sig), generation=gen.number, pid=gen.pid
+            )
 
     def handle_signal_requested(self, event: SignalRequested) -> None:
-        self.log.info("signal_requested", signal=sigs.name(event.signum), source=event.source,
-                      generation=self.active.number, pid=self.active.pid)  # fmt: skip
+        self.log.info(
+            "signal_requested",
+            signal=sigs.name(event.signum),
+            source=event.source,
+            generation=self.active.number,
+            pid=self.active.pid,
+        )
         self._forward(event.signum)
 
     def handle_child_exited(self, event: ChildExited) -> None:
@@ -243,10 +256,12 @@ class Supervisor:
         if self.config.on_exit == "restart":
             self._schedule_restart(gen)
             return
-        self.log.info("active_exited", generation=gen.number, pid=gen.pid,
-                      exit_code=exit_status(event.status))  # fmt: skip
-        self._begin_stop(self.config.stop_signal or signal.SIGTERM,
-                         exit_code=exit_status(event.status))  # fmt: skip
+        self.log.info(
+            "active_exited", generation=gen.number, pid=gen.pid, exit_code=exit_status(event.status)
+        )
+        self._begin_stop(
+            self.config.stop_signal or signal.SIGTERM, exit_code=exit_status(event.status)
+        )
 
     def _forget(self, gen: Generation) -> None:
         """Drop an exited generation that no one will roll back to."""
@@ -259,8 +274,7 @@ class Supervisor:
         if self.state is State.SWAPPING and event.rollback:
             # Joining a queued reload would run it as a reload: a rollback waits its turn.
             reason = "a swap is in progress; roll back once it has finished"
-            self.log.warning("swap_refused", source=event.source, reason=reason)
-            self._refuse(event, reason)
+            self._refuse(event, reason, Code.BUSY)
             return
         if self.state is State.SWAPPING:
             if self.follow_up is None:
@@ -281,8 +295,7 @@ class Supervisor:
             return
         if self.state is not State.RUNNING or not self.active.alive:
             reason = f"hotswapd is {self.state.value}; swaps are only started while running"
-            self.log.warning("swap_refused", source=event.source, reason=reason)
-            self._refuse(event, reason)
+            self._refuse(event, reason, Code.NOT_RUNNING)
             return
         exec_fd: int | None = None
         executable: str | None = None
@@ -290,8 +303,7 @@ class Supervisor:
             prev = self.previous
             if prev is None or prev.exe_fd is None:
                 reason = "no previous committed generation to roll back to"
-                self.log.warning("swap_refused", source=event.source, reason=reason)
-                self._refuse(event, reason)
+                self._refuse(event, reason, Code.NO_PREVIOUS)
                 return
             exec_fd, executable = prev.exe_fd, prev.executable
         self._transition(State.SWAPPING)
@@ -308,15 +320,37 @@ class Supervisor:
             generation=self.active.number,
             pid=self.active.pid,
         )
-        self.swap = SwapTransaction(self, self.active, self.swap_count, event.source,
-                                    self.session, exec_fd=exec_fd, executable=executable,
-                                    on_phase=event.on_phase)  # fmt: skip
+        self.swap = SwapTransaction(
+            self,
+            self.active,
+            self.swap_count,
+            event.source,
+            self.session,
+            exec_fd=exec_fd,
+            executable=executable,
+            on_phase=event.on_phase,
+        )
         self.swap_task = self._spawn_task(self._run_swap(self.swap, event))
 
-    def _refuse(self, event: SwapRequested, reason: str) -> None:
-        self.counters.swaps_refused += 1
-        outcome = SwapOutcome(swap_id=0, trigger=event.source, outcome="refused", reason=reason)
+    def _refuse(self, event: SwapRequested, reason: str, code: Code) -> None:
+        self.log.warning("swap_refused", source=event.source, reason=reason, code=code.value)
+        outcome = SwapOutcome(
+            swap_id=0, trigger=event.source, outcome=Outcome.REFUSED, reason=reason, code=code
+        )
+        self._count(outcome)
         _reply(event, outcome)
+
+    def _count(self, outcome: SwapOutcome) -> None:
+        """Count an outcome under its code: the labels metrics and status report."""
+        code = (outcome.code or Code.INTERNAL).value
+        if outcome.outcome is Outcome.COMMITTED:
+            self.counters.swaps_committed += 1
+        elif outcome.outcome is Outcome.REFUSED:
+            self.counters.swaps_refused += 1
+            self.counters.refusal_reasons[code] = self.counters.refusal_reasons.get(code, 0) + 1
+        else:
+            self.counters.swaps_rolled_back += 1
+            self.counters.rollback_reasons[code] = self.counters.rollback_reasons.get(code, 0) + 1
 
     async def _run_swap(self, swap: SwapTransaction, event: SwapRequested) -> SwapOutcome:
         try:
@@ -333,18 +367,14 @@ class Supervisor:
         self.last_swap = outcome
         self.swap = None
         self.swap_task = None
-        if outcome.outcome == "committed":
-            self.counters.swaps_committed += 1
-        else:
-            self.counters.swaps_rolled_back += 1
-            key = _reason_key(outcome.reason)
-            self.counters.rollback_reasons[key] = self.counters.rollback_reasons.get(key, 0) + 1
+        self._count(outcome)
         for hook in self.listeners_swap_hooks:
             hook(outcome)
         self.log.info(
             "swap_finished",
             swap=outcome.swap_id,
-            outcome=outcome.outcome,
+            outcome=outcome.outcome.value,
+            code=outcome.code.value if outcome.code else None,
             reason=outcome.reason,
             phases=outcome.phases,
             active_generation=self.active.number,
@@ -368,9 +398,17 @@ class Supervisor:
         notify = NotifySocket(number) if self.config.ready == "notify" else None
         try:
             gen = Generation.from_spawned(
-                launch(self.config, self.listeners, number, self.environ, self.credentials,
-                       notify=notify, exec_fd=exec_fd, executable=executable)
-            )  # fmt: skip
+                launch(
+                    self.config,
+                    self.listeners,
+                    number,
+                    self.environ,
+                    self.credentials,
+                    notify=notify,
+                    exec_fd=exec_fd,
+                    executable=executable,
+                )
+            )
         except BaseException:
             if notify is not None:
                 notify.close()
@@ -420,9 +458,14 @@ class Supervisor:
         # During a committed swap's drain the restart does not wait for the drain: the old
         # generation has been told to stop serving, so nothing else would.
         self.restart_pending = True
-        self.log.warning("restart_scheduled", generation=gen.number, pid=gen.pid,
-                         status=describe_status(gen.status or 0), delay_s=round(delay, 3),
-                         ran_s=round(ran_for, 3))  # fmt: skip
+        self.log.warning(
+            "restart_scheduled",
+            generation=gen.number,
+            pid=gen.pid,
+            status=describe_status(gen.status or 0),
+            delay_s=round(delay, 3),
+            ran_s=round(ran_for, 3),
+        )
         asyncio.get_running_loop().call_later(delay, self.post, RestartDue())
 
     def handle_restart_due(self, event: RestartDue) -> None:
@@ -432,9 +475,15 @@ class Supervisor:
         notify = NotifySocket(number) if self.config.ready == "notify" else None
         try:
             gen = Generation.from_spawned(
-                launch(self.config, self.listeners, number, self.environ, self.credentials,
-                       notify=notify)
-            )  # fmt: skip
+                launch(
+                    self.config,
+                    self.listeners,
+                    number,
+                    self.environ,
+                    self.credentials,
+                    notify=notify,
+                )
+            )
         except SpawnError as exc:
             if notify is not None:
                 notify.close()
@@ -506,15 +555,24 @@ class Supervisor:
                 continue
             if gen.alive:
                 gen.state = GenState.STOPPING
-            stoppers.append(stop_generation(gen, sig, self.config.stop_timeout, self.reaper,
-                                            self.log, why="hotswapd stopping"))  # fmt: skip
+            stoppers.append(
+                stop_generation(
+                    gen,
+                    sig,
+                    self.config.stop_timeout,
+                    self.reaper,
+                    self.log,
+                    why="hotswapd stopping",
+                )
+            )
         await asyncio.gather(*stoppers)
         if swap_task is not None:
             await asyncio.wait({swap_task})
         # Anything still alive (a draining generation whose swap was cancelled) goes now.
         for gen in self._live():
-            await stop_generation(gen, sig, self.config.stop_timeout, self.reaper, self.log,
-                                  why="hotswapd stopping")  # fmt: skip
+            await stop_generation(
+                gen, sig, self.config.stop_timeout, self.reaper, self.log, why="hotswapd stopping"
+            )
         if self.exit_code is None:
             status = self.active.status
             self.exit_code = exit_status(status) if status is not None else EXIT_FAILURE
@@ -542,21 +600,14 @@ class Supervisor:
         on_phase: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         """The swap() entry point for the watcher and the control socket: it only queues."""
-        self.post(SwapRequested(source=source, reason=reason, rollback=rollback, reply=reply,
-                                on_phase=on_phase))  # fmt: skip
+        self.post(
+            SwapRequested(
+                source=source, reason=reason, rollback=rollback, reply=reply, on_phase=on_phase
+            )
+        )
 
 
 def _reply(event: SwapRequested, outcome: SwapOutcome) -> None:
     for request in (event, *event.joined):
         if request.reply is not None and not request.reply.done():
             request.reply.set_result(outcome)
-
-
-def _reason_key(reason: str) -> str:
-    """A low-cardinality label for a rollback reason (metrics and counters)."""
-    lowered = reason.lower()
-    for key in ("memory", "health", "probe listener", "exited", "aborted", "refused", "timed out",
-                "cannot run"):  # fmt: skip
-        if key in lowered:
-            return key.replace(" ", "_")
-    return "other"

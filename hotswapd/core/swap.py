@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from hotswapd.boot.config import Config
 from hotswapd.boot.listeners import accept_queue_length
 from hotswapd.boot.spawn import resolve_program
-from hotswapd.core.events import SwapOutcome
+from hotswapd.core.events import Code, Outcome, SwapOutcome
 from hotswapd.core.generation import Generation
 from hotswapd.core.reaper import Reaper
 from hotswapd.core.stop import stop_generation
@@ -44,7 +44,19 @@ class SwapHooks(Protocol):
 
 
 class GateFailed(Exception):
-    """A gate said no; the message is the rollback reason."""
+    """A gate said no; the message is the rollback reason, `code` its label."""
+
+    def __init__(self, message: str, code: Code) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Refused(Exception):
+    """A pre-flight check said no: nothing was started, generation N was not touched."""
+
+    def __init__(self, message: str, code: Code) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class SwapTransaction:
@@ -67,8 +79,9 @@ class SwapTransaction:
         self.exec_fd = exec_fd
         self.executable = executable
         self.session = session
-        self.outcome = SwapOutcome(swap_id=swap_id, trigger=trigger, old_generation=old.number,
-                                   old_pid=old.pid)  # fmt: skip
+        self.outcome = SwapOutcome(
+            swap_id=swap_id, trigger=trigger, old_generation=old.number, old_pid=old.pid
+        )
         self.candidate: Generation | None = None
         self.committed = False
         self._abort = asyncio.Event()
@@ -104,8 +117,9 @@ class SwapTransaction:
         abort = asyncio.ensure_future(self._abort.wait())
         exited = asyncio.shield(self.candidate.exited)
         try:
-            done, _ = await asyncio.wait({task, abort, exited}, timeout=limit,
-                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            done, _ = await asyncio.wait(
+                {task, abort, exited}, timeout=limit, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for pending in (task, abort):
                 if not pending.done():
@@ -116,7 +130,7 @@ class SwapTransaction:
         self._check_alive(what)
         if task in done:
             return task.result()
-        raise GateFailed(f"{what} timed out")
+        raise GateFailed(f"{what} timed out", Code.TIMEOUT)
 
     def _check_alive(self, what: str) -> None:
         """Fail the swap when the candidate has exited or hotswapd is stopping."""
@@ -124,10 +138,13 @@ class SwapTransaction:
         assert self.candidate.exited is not None
         if self.candidate.exited.done():
             status = self.candidate.exited.result()
-            raise GateFailed(f"generation {self.candidate.number} exited during {what} "
-                             f"({describe_status(status)})")  # fmt: skip
+            raise GateFailed(
+                f"generation {self.candidate.number} exited during {what} "
+                f"({describe_status(status)})",
+                Code.EXITED,
+            )
         if self._abort.is_set():
-            raise GateFailed(f"aborted during {what}: {self._abort_reason}")
+            raise GateFailed(f"aborted during {what}: {self._abort_reason}", Code.ABORTED)
 
     # ---------------------------------------------------------------- the transaction
 
@@ -136,14 +153,33 @@ class SwapTransaction:
             await self._prepare_and_gate()
             self._check_alive("the cutover")  # the last look before the old one is touched
         except GateFailed as exc:
-            await self._rollback(str(exc))
+            await self._rollback(str(exc), exc.code)
+            return self._finish()
+        except Refused as exc:
+            self.outcome.outcome = Outcome.REFUSED
+            self.outcome.reason = str(exc)
+            self.outcome.code = exc.code
+            self.hooks.log.error(
+                "swap_refused",
+                swap=self.outcome.swap_id,
+                source=self.outcome.trigger,
+                reason=self.outcome.reason,
+                code=exc.code.value,
+                serving_generation=self.old.number,
+                serving_pid=self.old.pid,
+            )
             return self._finish()
         except SpawnError as exc:
-            self.outcome.outcome = "rolled_back"
+            self.outcome.outcome = Outcome.ROLLED_BACK
             self.outcome.reason = str(exc)
-            self.hooks.log.error("swap_rolled_back", swap=self.outcome.swap_id,
-                                 reason=self.outcome.reason, serving_generation=self.old.number,
-                                 serving_pid=self.old.pid)  # fmt: skip
+            self.outcome.code = Code.SPAWN
+            self.hooks.log.error(
+                "swap_rolled_back",
+                swap=self.outcome.swap_id,
+                reason=self.outcome.reason,
+                serving_generation=self.old.number,
+                serving_pid=self.old.pid,
+            )
             return self._finish()
         await self._cutover()
         return self._finish()
@@ -165,14 +201,14 @@ class SwapTransaction:
         self.outcome.old_rss_bytes = old_rss
         refusal = memory.headroom_verdict(old_rss)
         if refusal:
-            raise SpawnError(f"swap refused: {refusal}", 1)
+            raise Refused(f"swap refused: {refusal}", Code.HEADROOM)
         if self.exec_fd is None:
             # Resolved again at every swap: a new file at that path, or earlier in PATH.
             program = self.executable or self._resolve(config.command[0])
             self.executable = program  # launched as checked: resolved once, not again
             problem = elf.check_program(program)
             if problem:
-                raise SpawnError(f"swap refused: {program} {problem}", 126)
+                raise Refused(f"swap refused: {program} {problem}", Code.PROGRAM)
         self._phase("checked")
         self.candidate = await self._spawn()
         self.outcome.new_generation = self.candidate.number
@@ -192,10 +228,12 @@ class SwapTransaction:
             self.outcome.new_rss_bytes = new_bytes
             if new_bytes == 0:
                 self._check_alive("the memory gate")
-                raise GateFailed("the memory gate could not measure the candidate (gone?)")
+                raise GateFailed(
+                    "the memory gate could not measure the candidate (gone?)", Code.MEMORY
+                )
             reason = memory.verdict(old_bytes, new_bytes, config.max_memory_growth)
             if reason:
-                raise GateFailed(reason)
+                raise GateFailed(reason, Code.MEMORY)
             self._phase("memory_ok", old_rss_bytes=old_bytes, new_rss_bytes=new_bytes)
         if config.canary > 0:
             await self._guard(self._canary(), config.canary + config.health_timeout, "the canary")
@@ -207,7 +245,7 @@ class SwapTransaction:
         try:
             return os.path.abspath(resolve_program(name, self.hooks.environ))
         except SpawnError as exc:
-            raise SpawnError(f"swap refused: {exc}", exc.exit_code) from None
+            raise Refused(f"swap refused: {exc}", Code.PROGRAM) from None
 
     async def _spawn(self) -> Generation:
         """Spawn the candidate; ETXTBSY means a writer still holds the file: wait and retry."""
@@ -229,20 +267,22 @@ class SwapTransaction:
         deadline = self._loop.time() + config.health_timeout
         if config.ready == "notify" and self.candidate.notify is not None:
             try:
-                await asyncio.wait_for(self.candidate.notify.wait_ready(),
-                                       max(deadline - self._loop.time(), 0))  # fmt: skip
+                await asyncio.wait_for(
+                    self.candidate.notify.wait_ready(), max(deadline - self._loop.time(), 0)
+                )
             except TimeoutError:
                 raise GateFailed(
                     f"generation {self.candidate.number} sent no READY=1 within --health-timeout "
                     f"{config.health_timeout:g}s (--ready notify: the server must notify "
-                    "NOTIFY_SOCKET once it serves)"
+                    "NOTIFY_SOCKET once it serves)",
+                    Code.NOTIFY,
                 ) from None
             self._phase("notified", status=self.candidate.notify.status)
         if config.health or config.health_url:
             url = probe.probe_url(config.health, config.health_url, self.candidate.probe_port())
             result = await probe.wait_healthy(self.session, url, deadline)
             if not result.healthy:
-                raise GateFailed(self._health_failure(url, result))
+                raise GateFailed(self._health_failure(url, result), Code.HEALTH)
         elif config.ready != "notify":
             # einhorn's default: the only readiness signal is "still running after --settle".
             return
@@ -271,26 +311,28 @@ class SwapTransaction:
         end = self._loop.time() + self.config.canary
         while self._loop.time() < end:
             if self.config.health or self.config.health_url:
-                url = probe.probe_url(self.config.health, self.config.health_url,
-                                      self.candidate.probe_port())  # fmt: skip
+                url = probe.probe_url(
+                    self.config.health, self.config.health_url, self.candidate.probe_port()
+                )
                 result = await probe.wait_healthy(
                     self.session, url, self._loop.time() + self.config.health_timeout
                 )
                 if not result.healthy:
-                    raise GateFailed(f"canary: {self._health_failure(url, result)}")
+                    raise GateFailed(f"canary: {self._health_failure(url, result)}", Code.CANARY)
             await asyncio.sleep(min(0.25, max(end - self._loop.time(), 0)))
 
     async def fail(self, reason: str) -> SwapOutcome:
         """End a swap that broke unexpectedly: roll back if nothing was committed yet."""
         if not self.committed:
-            await self._rollback(reason)
+            await self._rollback(reason, Code.INTERNAL)
         else:
             self.outcome.reason = f"committed; then {reason}"
         return self._finish()
 
-    async def _rollback(self, reason: str) -> None:
-        self.outcome.outcome = "rolled_back"
+    async def _rollback(self, reason: str, code: Code) -> None:
+        self.outcome.outcome = Outcome.ROLLED_BACK
         self.outcome.reason = reason
+        self.outcome.code = code
         candidate = self.candidate
         if candidate is not None:
             # Mark the failure itself, so the gate's time is not counted as stop time.
@@ -305,8 +347,14 @@ class SwapTransaction:
         if candidate is None:
             return
         self.hooks.rolled_back(candidate)
-        await stop_generation(candidate, self.config.drain_signal, self.config.stop_timeout,
-                              self.hooks.reaper, self.hooks.log, why="rollback")  # fmt: skip
+        await stop_generation(
+            candidate,
+            self.config.drain_signal,
+            self.config.stop_timeout,
+            self.hooks.reaper,
+            self.hooks.log,
+            why="rollback",
+        )
         self._phase("candidate_stopped")
 
     async def _cutover(self) -> None:
@@ -314,11 +362,22 @@ class SwapTransaction:
         config = self.config
         self.hooks.commit(self.candidate)  # the old generation is signalled right here
         self.committed = True
-        self.outcome.outcome = "committed"
+        self.outcome.outcome = Outcome.COMMITTED
         self.outcome.reason = "all gates passed"
+        self.outcome.code = Code.PASSED
         self._phase("cutover", old_generation=self.old.number, old_pid=self.old.pid)
-        status = await stop_generation(self.old, config.drain_signal, config.drain_timeout,
-                                       self.hooks.reaper, self.hooks.log, why="drain",
-                                       already_signalled=True)  # fmt: skip
-        self._phase("old_exited", old_generation=self.old.number, old_pid=self.old.pid,
-                    old_status=describe_status(status))  # fmt: skip
+        status = await stop_generation(
+            self.old,
+            config.drain_signal,
+            config.drain_timeout,
+            self.hooks.reaper,
+            self.hooks.log,
+            why="drain",
+            already_signalled=True,
+        )
+        self._phase(
+            "old_exited",
+            old_generation=self.old.number,
+            old_pid=self.old.pid,
+            old_status=describe_status(status),
+        )
