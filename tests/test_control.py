@@ -42,8 +42,14 @@ def run_cli(
     env.pop("HOTSWAPD_CONTROL_SOCKET", None)
     if socket_env is not None:
         env["HOTSWAPD_CONTROL_SOCKET"] = socket_env
-    return subprocess.run([sys.executable, "-m", "hotswapd", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "hotswapd", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def run_cli_as(user: str, *args: str) -> tuple[int, str]:
@@ -104,9 +110,24 @@ class Served:
 
 
 def serve(start: Start, app: Path, sock: str, *extra: str) -> Served:
-    run = start(["--listen", "http=tcp://127.0.0.1:0", "--health", "/healthz", "--settle", "0",
-                 "--health-timeout", "3s", "--drain-timeout", "5s", "--control-socket", sock,
-                 *extra], [str(app)])  # fmt: skip
+    run = start(
+        [
+            "--listen",
+            "http=tcp://127.0.0.1:0",
+            "--health",
+            "/healthz",
+            "--settle",
+            "0",
+            "--health-timeout",
+            "3s",
+            "--drain-timeout",
+            "5s",
+            "--control-socket",
+            sock,
+            *extra,
+        ],
+        [str(app)],
+    )
     port = int(run.wait_event("listening")["address"].rsplit(":", 1)[1])
     run.wait_event("control_listening")
     run.wait_stdout("ready pid=")
@@ -201,8 +222,14 @@ def test_reload_wait_good_build_exits_0(served: Served, go_server: Any) -> None:
     result = served.ctl("reload", "--wait")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    order = ["spawned", "ready (health check passed)", "memory ok", "cutover",
-             "old generation exited", "committed: generation 2"]  # fmt: skip
+    order = [
+        "spawned",
+        "ready (health check passed)",
+        "memory ok",
+        "cutover",
+        "old generation exited",
+        "committed: generation 2",
+    ]
     found = [next(i for i, line in enumerate(lines) if word in line) for word in order]
     assert found == sorted(found), result.stdout
     assert http_get(served.port) == "v2"
@@ -261,8 +288,9 @@ def test_rollback_without_previous_is_refused(served: Served) -> None:
 def test_signal_forwarded_to_active(hotswapd: Start, tmp_path: Path) -> None:
     """`ctl signal HUP` reaches the active generation (the child prints what it gets)."""
     sock = str(tmp_path / "control.sock")
-    run = hotswapd(["--control-socket", sock],
-                   [sys.executable, str(REPO / "tests" / "children" / "child.py")])  # fmt: skip
+    run = hotswapd(
+        ["--control-socket", sock], [sys.executable, str(REPO / "tests" / "children" / "child.py")]
+    )
     run.wait_stdout("ready")
     run.wait_event("control_listening")  # the child can be up before hotswapd's socket is
     result = run_cli("ctl", "--control-socket", sock, "signal", "HUP")
@@ -308,8 +336,10 @@ def test_no_hotswapd_listening(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.sock")
     result = run_cli("ctl", "--control-socket", missing, "status")
     assert result.returncode == 1
-    assert result.stderr.strip() == (f"hotswapd: no hotswapd is listening on {missing} "
-                                     "(is it running? is --control-socket the same?)")  # fmt: skip
+    assert result.stderr.strip() == (
+        f"hotswapd: no hotswapd is listening on {missing} "
+        "(is it running? is --control-socket the same?)"
+    )
     stale = str(tmp_path / "stale.sock")
     with socket.socket(socket.AF_UNIX) as dead:
         dead.bind(stale)
@@ -370,7 +400,9 @@ def test_default_path_falls_back_when_run_is_unusable(
     finally:
         sock.close()
     assert control_paths.server_path(Config(command=("x",), control_socket="off"), environ) == (
-        None, True)  # fmt: skip
+        None,
+        True,
+    )
 
 
 def test_bind_refuses_what_it_must_not_replace(tmp_path: Path) -> None:

@@ -85,8 +85,9 @@ def test_deploy_bad_build_exits_1(hotswapd: Start, tmp_path: Path, go_server: An
     """A build that fails its health check is installed, rolled back, and deploy exits 1."""
     app = make_app(tmp_path, go_server)
     served = serve(hotswapd, app, str(tmp_path / "control.sock"))
-    result = run_cli("deploy", "--control-socket", served.sock,
-                     str(go_server("v2", "-X main.healthz=fail")))  # fmt: skip
+    result = run_cli(
+        "deploy", "--control-socket", served.sock, str(go_server("v2", "-X main.healthz=fail"))
+    )
     assert result.returncode == 1
     assert "reload rolled back" in result.stderr
     assert http_get(served.port) == "v1"

@@ -53,8 +53,10 @@ def test_metrics_parsed_after_swaps(
     content_type, before = scrape(address)
     assert content_type.startswith("text/plain; version=")
     assert before[("hotswapd_active_generation", ())] == 1
-    assert before[("hotswapd_swaps_total", (("outcome", "committed"),
-                                            ("reason", "all_gates_passed")))] == 0  # fmt: skip
+    assert (
+        before[("hotswapd_swaps_total", (("outcome", "committed"), ("reason", "all_gates_passed")))]
+        == 0
+    )
     install(go_server("v2"), app)
     assert served.ctl("reload", "--wait").returncode == 0
     install(go_server("v3", "-X main.healthz=fail"), app)
@@ -62,8 +64,10 @@ def test_metrics_parsed_after_swaps(
     _, after = scrape(address)
     status = served.status()
     assert after[("hotswapd_active_generation", ())] == status["active"]["generation"] == 2
-    assert after[("hotswapd_swaps_total", (("outcome", "committed"),
-                                           ("reason", "all_gates_passed")))] == 1  # fmt: skip
+    assert (
+        after[("hotswapd_swaps_total", (("outcome", "committed"), ("reason", "all_gates_passed")))]
+        == 1
+    )
     rolled_back = {
         labels: value
         for (name, labels), value in after.items()
@@ -92,8 +96,17 @@ def test_metrics_parsed_after_swaps(
 def test_metrics_counts_orphans_and_restarts(hotswapd: Start, tmp_path: Path) -> None:
     """Orphans reaped by PID 1 and --on-exit restarts show up as counters."""
     child = [sys.executable, str(REPO / "tests" / "children" / "child.py")]
-    run = hotswapd(["--metrics", "127.0.0.1:0", "--control-socket", str(tmp_path / "c.sock"),
-                    "--on-exit", "restart"], [*child, "--orphans", "2", "--exit", "0"])  # fmt: skip
+    run = hotswapd(
+        [
+            "--metrics",
+            "127.0.0.1:0",
+            "--control-socket",
+            str(tmp_path / "c.sock"),
+            "--on-exit",
+            "restart",
+        ],
+        [*child, "--orphans", "2", "--exit", "0"],
+    )
     address = run.wait_event("metrics_listening")["address"]
     run.wait_event("restarted")
     _, samples = scrape(address)

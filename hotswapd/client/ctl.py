@@ -10,26 +10,30 @@ pass `--json`; the table is for people and may change).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import errno
 import json
 import os
 import sys
 import time
 from typing import Any, NoReturn
 
-import aiohttp
-
 from hotswapd.boot.control_paths import client_path
 from hotswapd.boot.units import format_size
+from hotswapd.client.http import Answer, Connection
 from hotswapd.errors import EXIT_FAILURE, EXIT_OK, HotswapdError, UsageError
 
 _PHASE_WORDS = {
-    "checked": "program checked", "spawned": "spawned", "notified": "READY=1 received",
-    "ready": "ready (health check passed)", "settled": "settled", "memory_ok": "memory ok",
-    "canary_ok": "canary ok", "cutover": "cutover", "old_exited": "old generation exited",
-    "gate_failed": "gate failed", "candidate_stopped": "candidate stopped",
-}  # fmt: skip
+    "checked": "program checked",
+    "spawned": "spawned",
+    "notified": "READY=1 received",
+    "ready": "ready (health check passed)",
+    "settled": "settled",
+    "memory_ok": "memory ok",
+    "canary_ok": "canary ok",
+    "cutover": "cutover",
+    "old_exited": "old generation exited",
+    "gate_failed": "gate failed",
+    "candidate_stopped": "candidate stopped",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,66 +69,39 @@ def parser() -> argparse.ArgumentParser:
         )
     signal = sub.add_parser("signal", parents=[common], help="send a signal to the active one")
     signal.add_argument("signal", metavar="NAME", help="HUP, SIGUSR1, 10, ...")
-    return top  # fmt: skip
+    return top
 
 
 class Client:
-    """One connection target; turns transport errors into the two one-line messages."""
+    """The control socket at `path`: one request per connection, errors as one line."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        self.connection = Connection(path)
 
-    def _session(self, timeout: float | None) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=self.path),
-            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=5),
-        )
+    @property
+    def path(self) -> str:
+        return self.connection.path
 
-    def _fail(self, exc: BaseException) -> HotswapdError:
-        err = getattr(exc, "os_error", exc)
-        code = getattr(err, "errno", None)
-        if code in (errno.EACCES, errno.EPERM):
-            return self.denied()
-        if code in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
-            return HotswapdError(f"no hotswapd is listening on {self.path} "
-                                 "(is it running? is --control-socket the same?)")  # fmt: skip
-        return HotswapdError(f"control socket {self.path}: {exc or type(exc).__name__}")
+    def get_json(self, route: str) -> dict[str, Any]:
+        with self.connection.request("GET", route) as answer:
+            return self._checked(answer, answer.json())
 
-    def denied(self) -> HotswapdError:
-        return HotswapdError(f"permission denied on {self.path} "
-                             "(run as the user hotswapd runs as, usually root)")  # fmt: skip
-
-    async def get_json(self, route: str) -> dict[str, Any]:
-        try:
-            async with self._session(30) as session, session.get(f"http://hotswapd{route}") as r:
-                return await self._json(r)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise self._fail(exc) from None
-
-    async def post(self, route: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    def post(self, route: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         """POST and read the answer: one JSON object, or the lines of a --wait stream."""
-        lines: list[dict[str, Any]] = []
-        try:
-            async with (
-                self._session(None) as session,
-                session.post(f"http://hotswapd{route}", json=body) as response,
-            ):
-                if response.content_type != "application/x-ndjson":
-                    return [await self._json(response)]
-                async for raw in response.content:
-                    if raw.strip():
-                        lines.append(json.loads(raw))
-                        show_line(lines[-1])
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise self._fail(exc) from None
-        return lines
+        with self.connection.request("POST", route, body, timeout=None) as answer:
+            if answer.content_type != "application/x-ndjson":
+                return [self._checked(answer, answer.json())]
+            lines = []
+            for line in answer.lines():
+                lines.append(line)
+                show_line(line)
+            return lines
 
-    async def _json(self, response: aiohttp.ClientResponse) -> dict[str, Any]:
-        if response.status == 403:
-            raise self.denied()
-        data: dict[str, Any] = await response.json(content_type=None)
-        if response.status >= 400:
-            raise HotswapdError(f"ctl: {data.get('error', response.reason)}")
+    def _checked(self, answer: Answer, data: dict[str, Any]) -> dict[str, Any]:
+        if answer.status == 403:
+            raise self.connection.denied()
+        if answer.status >= 400:
+            raise HotswapdError(f"ctl: {data.get('error', f'HTTP {answer.status}')}")
         return data
 
 
@@ -148,12 +125,17 @@ def finish(lines: list[dict[str, Any]], kind: str) -> int:
         return EXIT_FAILURE
     outcome = final["outcome"]
     if outcome["outcome"] == "committed":
-        print(f"committed: generation {outcome['new_generation']} (pid {outcome['new_pid']}) is "
-              f"serving, in {sum(outcome['phases'].values()):.3f}s")  # fmt: skip
+        print(
+            f"committed: generation {outcome['new_generation']} (pid {outcome['new_pid']}) is "
+            f"serving, in {sum(outcome['phases'].values()):.3f}s"
+        )
         return EXIT_OK
     verb = "refused" if outcome["outcome"] == "refused" else "rolled back"
-    serving = f"; generation {outcome['old_generation']} keeps serving" if outcome.get(
-        "old_generation") else ""  # fmt: skip
+    serving = (
+        f"; generation {outcome['old_generation']} keeps serving"
+        if outcome.get("old_generation")
+        else ""
+    )
     print(f"hotswapd: {kind} {verb}: {outcome['reason']}{serving}", file=sys.stderr)
     return EXIT_FAILURE
 
@@ -168,22 +150,28 @@ def _age(started_at: float) -> str:
 def render_table(status: dict[str, Any]) -> str:
     """The human view of the status document."""
     own = status["hotswapd"]
-    out = [f"hotswapd pid {own['pid']}{' (PID 1)' if own['pid1'] else ''}, {own['state']}, "
-           f"up {_age(own['started_at'])}, control {own['control_socket']}", "",
-           f"  {'GEN':>4}  {'PID':>7}  {'STATE':<11} {'AGE':>7}  {'RSS':>10}  "
-           f"{'SHA256':<12}  EXECUTABLE"]  # fmt: skip
+    out = [
+        f"hotswapd pid {own['pid']}{' (PID 1)' if own['pid1'] else ''}, {own['state']}, "
+        f"up {_age(own['started_at'])}, control {own['control_socket']}",
+        "",
+        f"  {'GEN':>4}  {'PID':>7}  {'STATE':<11} {'AGE':>7}  {'RSS':>10}  "
+        f"{'SHA256':<12}  EXECUTABLE",
+    ]
     for gen in status["generations"]:
         mark = "*" if gen["generation"] == status["active"]["generation"] else " "
-        out.append(f" {mark}{gen['generation']:>4}  {gen['pid']:>7}  {gen['state']:<11} "
-                   f"{_age(gen['started_at']):>7}  {format_size(gen['rss_bytes']):>10}  "
-                   f"{(gen['sha256'] or '?')[:12]:<12}  {gen['executable']}")  # fmt: skip
+        out.append(
+            f" {mark}{gen['generation']:>4}  {gen['pid']:>7}  {gen['state']:<11} "
+            f"{_age(gen['started_at']):>7}  {format_size(gen['rss_bytes']):>10}  "
+            f"{(gen['sha256'] or '?')[:12]:<12}  {gen['executable']}"
+        )
     swap = status["last_swap"]
     out.append("")
     if swap is None:
         out.append("last swap: none yet")
     else:
-        out.append(f"last swap: #{swap['swap_id']} {swap['outcome']} ({swap['trigger']}): "
-                   f"{swap['reason']}")  # fmt: skip
+        out.append(
+            f"last swap: #{swap['swap_id']} {swap['outcome']} ({swap['trigger']}): {swap['reason']}"
+        )
         out.append("  " + ", ".join(f"{k} {v:.3f}s" for k, v in swap["phases"].items()))
     watch = status["watch"]
     out.append(f"watch: {watch['mode']}" + (f" ({watch['reason']})" if watch.get("reason") else ""))
@@ -203,18 +191,17 @@ def render_table(status: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-async def run(args: argparse.Namespace, path: str) -> int:
+def run(args: argparse.Namespace, path: str) -> int:
     client = Client(path)
     if args.command == "status":
-        status = await client.get_json("/status")
+        status = client.get_json("/status")
         print(json.dumps(status, indent=2) if args.json else render_table(status))
         return EXIT_OK
     if args.command == "signal":
-        (answer,) = await client.post("/signal", {"signal": args.signal})
-        print(f"sent {answer['signal']} to generation {answer['generation']} "
-              f"(pid {answer['pid']})")  # fmt: skip
+        (answer,) = client.post("/signal", {"signal": args.signal})
+        print(f"sent {answer['signal']} to generation {answer['generation']} (pid {answer['pid']})")
         return EXIT_OK
-    lines = await client.post(f"/{args.command}", {"wait": args.wait})
+    lines = client.post(f"/{args.command}", {"wait": args.wait})
     if not args.wait:
         print(f"{args.command} requested (add --wait to follow it)")
         return EXIT_OK
@@ -224,4 +211,4 @@ async def run(args: argparse.Namespace, path: str) -> int:
 def main(args: list[str]) -> int:
     namespace = parser().parse_args(args)
     path = client_path(getattr(namespace, "control_socket", None), os.environ)
-    return asyncio.run(run(namespace, path))
+    return run(namespace, path)

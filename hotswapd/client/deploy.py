@@ -15,10 +15,9 @@ hotswapd will exec on the next swap.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from hotswapd.boot.control_paths import client_path
 from hotswapd.client.ctl import Client, finish
@@ -56,22 +55,33 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="install only (a --watch on DEST will trigger the swap)",
     )
-    return top  # fmt: skip
+    top.add_argument(
+        "--force",
+        action="store_true",
+        help="install to a DEST that is not the program hotswapd runs (a --watch elsewhere)",
+    )
+    return top
 
 
-async def deploy(src: str, dest: str | None, client: Client | None) -> int:
+def deploy(src: str, dest: str | None, client: Client | None, force: bool = False) -> int:
     problem = elf.check_program(src)
     if problem:
-        print(f"hotswapd: deploy: {src} {problem}; {dest or 'DEST'} was not touched",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"hotswapd: deploy: {src} {problem}; {dest or 'DEST'} was not touched",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     if client is not None:
         # Asked before installing: with no hotswapd listening, DEST is left alone.
-        status = await client.get_json("/status")
+        running = running_program(client.get_json("/status"))
         if dest is None:
-            active = next(gen["executable"] for gen in status["generations"]
-                          if gen["generation"] == status["active"]["generation"])  # fmt: skip
-            dest = os.path.join(status["hotswapd"]["cwd"], active)
+            dest = running
+        elif not force and os.path.realpath(dest) != os.path.realpath(running):
+            raise UsageError(
+                f"deploy: {dest} is not the program hotswapd runs ({running}): the reload "
+                "would exec the old build and change nothing; omit DEST, or give --force "
+                "to install there anyway"
+            )
     assert dest is not None
     try:
         atomic_install(src, dest)
@@ -83,8 +93,17 @@ async def deploy(src: str, dest: str | None, client: Client | None) -> int:
     if client is None:
         return EXIT_OK
     print("reload:", flush=True)
-    return finish(await client.post("/reload", {"wait": True, "reason": f"deploy {dest}"}),
-                  "reload")  # fmt: skip
+    return finish(client.post("/reload", {"wait": True, "reason": f"deploy {dest}"}), "reload")
+
+
+def running_program(status: dict[str, Any]) -> str:
+    """The active generation's executable as a path here (relative ones are to hotswapd's cwd)."""
+    active = next(
+        gen["executable"]
+        for gen in status["generations"]
+        if gen["generation"] == status["active"]["generation"]
+    )
+    return os.path.join(str(status["hotswapd"]["cwd"]), str(active))
 
 
 def main(args: list[str]) -> int:
@@ -95,6 +114,8 @@ def main(args: list[str]) -> int:
     if not options.no_reload:
         client = Client(client_path(options.control_socket, os.environ))
     try:
-        return asyncio.run(deploy(options.src, options.dest, client))
+        return deploy(options.src, options.dest, client, force=options.force)
+    except UsageError:
+        raise
     except HotswapdError as exc:
-        raise HotswapdError(f"deploy: {exc}") from None
+        raise HotswapdError(f"deploy: {exc}", exc.exit_code) from None

@@ -9,6 +9,8 @@ Design notes:
   histograms from a swap hook (`supervisor.listeners_swap_hooks`).
 - A dedicated CollectorRegistry (not the global one) holds this collector, the
   histograms and the standard process/platform collectors for hotswapd itself.
+- Requests are read by `control.http`: a deadline for each request, a cap on open
+  connections, one rate-limited line for failed accepts, a 400 for an oversized head.
 - The listening socket is bound here from an IP literal: asyncio would resolve a host
   name (or "all addresses") in an executor thread, and PID 1 runs no threads.
 """
@@ -20,7 +22,6 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -34,12 +35,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hotswapd.boot.config import Config
+from hotswapd.control.http import HTTPError, Limits, Reply, Request, Server, connection_cap
 from hotswapd.control.status import build_status
 from hotswapd.errors import HotswapdError
 
 PHASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 WATCH_MODES = ("auto", "inotify", "poll", "off")  # auto: inotify plus a periodic stat
 BACKLOG = 64
+# A scrape is one small GET: a request head takes at most a few seconds to arrive, and a
+# handful of scrapers at once is plenty. The cap keeps an abuser of the port from
+# spending PID 1's fds (the control socket and the swaps need them).
+LIMITS = Limits(head_timeout_s=5.0, max_head=8192, max_body=1024, max_connections=16)
 
 
 class SupervisorCollector(Collector):
@@ -51,23 +57,41 @@ class SupervisorCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         status = build_status(self.supervisor)
         counters = status["counters"]
-        yield _gauge("hotswapd_active_generation", "Number of the generation serving traffic.",
-                     status["active"]["generation"])  # fmt: skip
-        swaps = CounterMetricFamily("hotswapd_swaps", "Swaps by outcome and (for rollbacks) "
-                                    "reason.", labels=["outcome", "reason"])  # fmt: skip
+        yield _gauge(
+            "hotswapd_active_generation",
+            "Number of the generation serving traffic.",
+            status["active"]["generation"],
+        )
+        swaps = CounterMetricFamily(
+            "hotswapd_swaps",
+            "Swaps by outcome and (for rollbacks) reason.",
+            labels=["outcome", "reason"],
+        )
         swaps.add_metric(["committed", "all_gates_passed"], counters["swaps_committed"])
         for reason, count in sorted(counters["rollback_reasons"].items()):
             swaps.add_metric(["rolled_back", reason], count)
         swaps.add_metric(["refused", "refused"], counters["swaps_refused"])
         yield swaps
-        yield _counter("hotswapd_swaps_coalesced", "Swap requests joined to a queued swap.",
-                       counters["swaps_coalesced"])  # fmt: skip
-        yield _counter("hotswapd_restarts", "Restarts of an exited server (--on-exit restart).",
-                       counters["restarts"])  # fmt: skip
-        yield _counter("hotswapd_signals_forwarded", "Signals forwarded to the active generation.",
-                       counters["signals_forwarded"])  # fmt: skip
-        yield _counter("hotswapd_orphans_reaped", "Orphaned processes reaped by hotswapd.",
-                       status["orphans_reaped"])  # fmt: skip
+        yield _counter(
+            "hotswapd_swaps_coalesced",
+            "Swap requests joined to a queued swap.",
+            counters["swaps_coalesced"],
+        )
+        yield _counter(
+            "hotswapd_restarts",
+            "Restarts of an exited server (--on-exit restart).",
+            counters["restarts"],
+        )
+        yield _counter(
+            "hotswapd_signals_forwarded",
+            "Signals forwarded to the active generation.",
+            counters["signals_forwarded"],
+        )
+        yield _counter(
+            "hotswapd_orphans_reaped",
+            "Orphaned processes reaped by hotswapd.",
+            status["orphans_reaped"],
+        )
         rss = GaugeMetricFamily(
             "hotswapd_generation_rss_bytes",
             "Resident memory of each live generation's process tree.",
@@ -78,14 +102,16 @@ class SupervisorCollector(Collector):
                 rss.add_metric([str(gen["generation"]), gen["state"]], gen["rss_bytes"])
         yield rss
         watch = status["watch"]
-        mode = GaugeMetricFamily("hotswapd_watch_mode", "1 for the file-watch mode in use.",
-                                 labels=["mode"])  # fmt: skip
+        mode = GaugeMetricFamily(
+            "hotswapd_watch_mode", "1 for the file-watch mode in use.", labels=["mode"]
+        )
         for name in sorted({*WATCH_MODES, watch["mode"]}):
             mode.add_metric([name], 1.0 if name == watch["mode"] else 0.0)
         yield mode
         yield from _watch_events(watch)
-        state = GaugeMetricFamily("hotswapd_state", "1 for the supervisor's current state.",
-                                  labels=["state"])  # fmt: skip
+        state = GaugeMetricFamily(
+            "hotswapd_state", "1 for the supervisor's current state.", labels=["state"]
+        )
         state.add_metric([status["hotswapd"]["state"]], 1.0)
         yield state
 
@@ -132,9 +158,12 @@ class Metrics:
             registry=self.registry,
             buckets=PHASE_BUCKETS,
         )
-        self.growth = Gauge("hotswapd_generation_memory_growth_ratio", "A candidate's RSS over "
-                            "the serving generation's, at the last memory gate that measured both.",
-                            registry=self.registry)  # fmt: skip
+        self.growth = Gauge(
+            "hotswapd_generation_memory_growth_ratio",
+            "A candidate's RSS over "
+            "the serving generation's, at the last memory gate that measured both.",
+            registry=self.registry,
+        )
 
     def on_swap(self, outcome: Any) -> None:
         """The swap hook: called by the supervisor once per finished swap."""
@@ -144,9 +173,12 @@ class Metrics:
         if outcome.old_rss_bytes and outcome.new_rss_bytes:
             self.growth.set(outcome.new_rss_bytes / outcome.old_rss_bytes)
 
-    async def handle(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def handle(self, request: Request, reply: Reply) -> None:
+        if request.path != "/metrics":
+            raise HTTPError(404, "not found: metrics are at /metrics")
+        if request.method != "GET":
+            raise HTTPError(405, f"{request.method[:20]} is not allowed on /metrics")
+        await reply.send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
 
 
 def bind(address: str) -> socket.socket:
@@ -170,8 +202,10 @@ def bind(address: str) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise HotswapdError(f"--metrics {address}: cannot listen: {exc.strerror or exc} "
-                            "(choose a free port, e.g. --metrics :9100)") from None  # fmt: skip
+        raise HotswapdError(
+            f"--metrics {address}: cannot listen: {exc.strerror or exc} "
+            "(choose a free port, e.g. --metrics :9100)"
+        ) from None
     return sock
 
 
@@ -181,16 +215,19 @@ async def start_metrics(config: Config, supervisor: Any, log: Any) -> Callable[[
     sock = bind(config.metrics)
     metrics = Metrics(supervisor)
     supervisor.listeners_swap_hooks.append(metrics.on_swap)
-    app = web.Application()
-    app.router.add_get("/metrics", metrics.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
+    limits = Limits(
+        LIMITS.head_timeout_s,
+        LIMITS.max_head,
+        LIMITS.max_body,
+        connection_cap(LIMITS.max_connections),
+    )
+    server = Server("metrics", sock, metrics.handle, log, limits)
+    server.start()
     host, port = sock.getsockname()[:2]
     log.info("metrics_listening", address=f"{host}:{port}", path="/metrics")
 
     async def close() -> None:
         supervisor.listeners_swap_hooks.remove(metrics.on_swap)
-        await runner.cleanup()
+        await server.close(1.0)
 
     return close

@@ -1,73 +1,90 @@
-"""The control socket: HTTP over a unix socket, for `hotswapd ctl` and `hotswapd deploy`.
+"""The control socket: HTTP over a unix socket, for `hotswapd ctl`, `deploy` and `health`.
 
 Design notes:
 
 - It is an event source like the signal handlers and the watcher: a request becomes a
   `SwapRequested` (through `Supervisor.request_swap`) or `SignalRequested` on the
   supervisor's queue, and the answer comes back through the event's reply future and
-  phase callback. This server never changes
-  supervisor state; it reads it for `GET /status` through `status.build_status`.
-- Access control is the file mode: the socket is created 0600 (under a umask, so there
-  is no window where it is wider) in a directory created 0700, and every connection's
-  SO_PEERCRED is checked as well, so only root and hotswapd's own user get in.
-- The socket is bound here, not by aiohttp: a listening socket made by `socket()` is
+  phase callback. This server never changes supervisor state; it reads it for
+  `GET /status` through `status.build_status`.
+- Access control is the file mode: the socket is created 0600 (its inode mode is set with
+  fchmod and a umask before bind, so there is no window where it is wider, and no chmod
+  by path that a symlink could redirect) in a directory created 0700, and every
+  connection's SO_PEERCRED is checked as well, so only root and hotswapd's own user get in.
+- Requests are read by `control.http` within bounds of size, time and number; their
+  fields are data, checked one by one (a `wait` that is not a JSON boolean is a 400, a
+  `reason` is cut to REASON_MAX characters), never keyword arguments.
+- The socket is bound here, not by a library: a listening socket made by `socket()` is
   close-on-exec from creation, so no generation ever inherits it.
 - One path per container: a dead hotswapd's socket (connect refused) is replaced, a live
-  one is never stolen. The default path falls back to a per-user runtime directory when
-  /run is not writable (a non-root or read-only-root container).
+  one is never stolen. An unusable default path (a read-only /run, a root-owned
+  /run/hotswapd under an arbitrary uid) falls back to the next default with one log line.
 
-Protocol (documented in docs/operations.md): GET /status; POST /reload and POST /rollback
-with {"wait": bool} (with wait: newline-delimited JSON, one {"phase": ...} object per swap
-phase as it happens, then one {"outcome": {...}}); POST /signal with {"signal": "HUP"}.
+Protocol (documented in docs/operations.md): GET /status; GET /health; POST /reload and
+POST /rollback with {"wait": bool, "reason": str} (with wait: newline-delimited JSON, one
+{"phase": ...} object per swap phase as it happens, then one {"outcome": {...}}); POST
+/signal with {"signal": "HUP"}.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
-
 from hotswapd.boot.config import Config
-from hotswapd.boot.control_paths import server_path
+from hotswapd.boot.control_paths import default_choice, dir_problem, server_path, server_problem
 from hotswapd.boot.signals import name as signal_name
 from hotswapd.boot.units import BadValue, parse_signal
+from hotswapd.control.health import HealthCheck
+from hotswapd.control.http import HTTPError, Limits, Reply, Request, Server, connection_cap
 from hotswapd.control.status import build_status
 from hotswapd.core.events import SignalRequested
-from hotswapd.errors import HotswapdError
+from hotswapd.errors import HotswapdError, UsageError
 from hotswapd.host.unixsock import socket_state
 
 SHUTDOWN_TIMEOUT_S = 2.0  # open `reload --wait` streams are told "stopping", then cut
+REASON_MAX = 200  # characters of a client's `reason` kept in logs and the status
+LIMITS = Limits(head_timeout_s=5.0, max_head=8192, max_body=16 * 1024, max_connections=32)
 
 
-def bind(path: str) -> socket.socket:
+def bind(path: str, explicit: bool = True) -> socket.socket:
     """Bind a 0600 listening socket at `path`, replacing a stale one (never a live one)."""
+    problem = server_problem(path, explicit)
+    if problem:
+        raise UsageError(problem) if explicit else HotswapdError(problem)
     state = socket_state(path)
     if state == "live":
-        raise HotswapdError(f"--control-socket {path}: another hotswapd is listening there "
-                            "(stop it, or give this one another --control-socket)")  # fmt: skip
+        raise HotswapdError(
+            f"--control-socket {path}: another hotswapd is listening there "
+            "(stop it, or give this one another --control-socket)"
+        )
     if state == "not-a-socket":
-        raise HotswapdError(f"--control-socket {path}: a file that is not a socket is in the "
-                            "way (remove it or choose another path)")  # fmt: skip
+        raise HotswapdError(
+            f"--control-socket {path}: a file that is not a socket is in the way "
+            "(remove it or choose another path)"
+        )
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        problem = dir_problem(directory, explicit)  # made by someone else in between?
+        if problem:
+            raise HotswapdError(f"--control-socket {path}: {problem}")
         if state == "stale":
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # The new file's mode is the socket inode's mode less the umask: both say 0600,
+            # so the file is never wider, and nothing is changed by path after bind.
+            os.fchmod(sock.fileno(), 0o600)
             old_umask = os.umask(0o177)  # no threads in hotswapd: the umask is ours alone
             try:
                 sock.bind(path)
             finally:
                 os.umask(old_umask)
-            os.chmod(path, 0o600)
             sock.listen(64)
             sock.setblocking(False)
         except OSError:
@@ -81,117 +98,131 @@ def bind(path: str) -> socket.socket:
     return sock
 
 
-def _peer_uid(request: web.Request) -> int | None:
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None:
-        return None
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
+def bounded_reason(value: object, default: str) -> str:
+    """A client's free text, safe to log: a string, printable, at most REASON_MAX chars."""
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        raise HTTPError(400, "reason: must be a string")
+    text = "".join(ch if ch.isprintable() else "?" for ch in value[: REASON_MAX + 1])
+    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 1] + "…"
 
 
-@web.middleware
-async def _only_owner(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Defence in depth behind the 0600 mode: refuse any uid but root and our own."""
-    if _peer_uid(request) not in (0, os.geteuid()):
-        return web.json_response({"error": "permission denied"}, status=403)
-    response: web.StreamResponse = await handler(request)
-    return response
+def wait_flag(body: dict[str, Any]) -> bool:
+    value = body.get("wait", False)
+    if not isinstance(value, bool):
+        raise HTTPError(400, "wait: must be true or false (a JSON boolean)")
+    return value
 
 
 class ControlServer:
     """The request handlers; each one reads status or posts one event."""
 
-    def __init__(self, supervisor: Any, log: Any, path: str) -> None:
+    def __init__(self, supervisor: Any, log: Any, path: str, config: Config) -> None:
         self.supervisor = supervisor
         self.log = log
         self.path = path
+        self.health_check = HealthCheck(supervisor, config)
         self._streams: set[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = set()
+        self._routes: dict[tuple[str, str], Callable[[Request, Reply], Awaitable[None]]] = {
+            ("GET", "/status"): self.status,
+            ("GET", "/health"): self.health,
+            ("POST", "/reload"): self.reload,
+            ("POST", "/rollback"): self.rollback,
+            ("POST", "/signal"): self.signal,
+        }
 
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[_only_owner])
-        app.router.add_get("/status", self.status)
-        app.router.add_post("/reload", self.reload)
-        app.router.add_post("/rollback", self.rollback)
-        app.router.add_post("/signal", self.signal)
-        return app
+    async def handle(self, request: Request, reply: Reply) -> None:
+        # Defence in depth behind the 0600 mode: refuse any uid but root and our own.
+        if request.peer_uid not in (0, os.geteuid()):
+            raise HTTPError(403, "permission denied")
+        route = self._routes.get((request.method, request.path))
+        if route is None:
+            known = {path for _, path in self._routes}
+            if request.path in known:
+                raise HTTPError(405, f"{request.method} is not allowed on {request.path}")
+            raise HTTPError(404, f"no such route: {request.path[:100]}")
+        await route(request, reply)
 
     def stop_streams(self) -> None:
         for queue in self._streams:
             queue.put_nowait(None)
 
-    async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(build_status(self.supervisor, self.path))
+    async def status(self, request: Request, reply: Reply) -> None:
+        await reply.json(200, build_status(self.supervisor, self.path))
 
-    async def reload(self, request: web.Request) -> web.StreamResponse:
-        return await self._swap(request, rollback=False)
+    async def health(self, request: Request, reply: Reply) -> None:
+        verdict = await self.health_check.verdict()
+        await reply.json(200 if verdict["healthy"] else 503, verdict)
 
-    async def rollback(self, request: web.Request) -> web.StreamResponse:
-        return await self._swap(request, rollback=True)
+    async def reload(self, request: Request, reply: Reply) -> None:
+        await self._swap(request, reply, rollback=False)
 
-    async def signal(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+    async def rollback(self, request: Request, reply: Reply) -> None:
+        await self._swap(request, reply, rollback=True)
+
+    async def signal(self, request: Request, reply: Reply) -> None:
+        given = request.json().get("signal", "")
+        if not isinstance(given, str | int) or isinstance(given, bool):
+            raise HTTPError(400, "signal: must be a name or a number")
         try:
-            signum = parse_signal(str(body.get("signal", "")))
+            signum = parse_signal(str(given))
         except BadValue as exc:
-            return web.json_response({"error": f"signal {body.get('signal')!r}: {exc}"},
-                                     status=400)  # fmt: skip
+            raise HTTPError(400, f"signal {str(given)[:40]!r}: {exc}") from None
         self.supervisor.post(SignalRequested(signum, source="ctl"))
         active = self.supervisor.active
-        return web.json_response({"signal": signal_name(signum), "generation": active.number,
-                                  "pid": active.pid}, status=202)  # fmt: skip
+        await reply.json(
+            202, {"signal": signal_name(signum), "generation": active.number, "pid": active.pid}
+        )
 
-    async def _swap(self, request: web.Request, rollback: bool) -> web.StreamResponse:
-        body = await _body(request)
+    async def _swap(self, request: Request, reply: Reply, rollback: bool) -> None:
+        body = request.json()
         kind = "rollback" if rollback else "reload"
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        wait = wait_flag(body)
+        reason = bounded_reason(body.get("reason"), f"ctl {kind}")
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
         queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
-        reply.add_done_callback(lambda _: queue.put_nowait(None))
-        wait = bool(body.get("wait", False))
-        self.log.info("control_request", request=kind, wait=wait, peer_uid=_peer_uid(request))
+        answer.add_done_callback(lambda _: queue.put_nowait(None))
+        self.log.info(
+            "control_request",
+            request=kind,
+            wait=wait,
+            reason=reason,
+            peer_uid=request.peer_uid,
+            peer_pid=request.peer_pid,
+        )
 
         def on_phase(name: str, fields: dict[str, Any]) -> None:
             queue.put_nowait((name, fields))
 
         self.supervisor.request_swap(
-            "ctl", str(body.get("reason") or f"ctl {kind}"), rollback=rollback, reply=reply,
-            on_phase=on_phase if wait else None,
-        )  # fmt: skip
+            "ctl", reason, rollback=rollback, reply=answer, on_phase=on_phase if wait else None
+        )
         if not wait:
-            return web.json_response({"accepted": kind}, status=202)
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
+            await reply.json(202, {"accepted": kind})
+            return
+        await reply.start_stream("application/x-ndjson")
         self._streams.add(queue)
         try:
             while (item := await queue.get()) is not None:
-                await _line(response, {"phase": item[0], **item[1]})
+                await reply.line(_phase(item))
             while not queue.empty():  # phases reported just before the outcome
                 if (item := queue.get_nowait()) is not None:
-                    await _line(response, {"phase": item[0], **item[1]})
-            if reply.done():
-                await _line(response, {"outcome": reply.result().as_dict()})
+                    await reply.line(_phase(item))
+            if answer.done():
+                await reply.line({"outcome": answer.result().as_dict()})
             else:
-                await _line(response, {"error": "hotswapd is stopping; the outcome is unknown"})
-            await response.write_eof()
-        except ConnectionResetError:
+                await reply.line({"error": "hotswapd is stopping; the outcome is unknown"})
+        except (ConnectionError, TimeoutError):
             self.log.info("control_client_gone", request=kind)  # the swap goes on regardless
         finally:
             self._streams.discard(queue)
-        return response
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text='{"error": "the body is not JSON"}') from None
-    return data if isinstance(data, dict) else {}
-
-
-async def _line(response: web.StreamResponse, data: dict[str, Any]) -> None:
-    await response.write((json.dumps(data, default=str) + "\n").encode())
+def _phase(item: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    name, fields = item
+    return {"phase": name, **fields}
 
 
 async def start_control(config: Config, supervisor: Any, log: Any) -> Callable[[], Awaitable[None]]:
@@ -201,29 +232,46 @@ async def start_control(config: Config, supervisor: Any, log: Any) -> Callable[[
     async def nothing() -> None:
         return None
 
+    if not explicit:
+        chosen, skipped = default_choice(os.environ)
+        if skipped and chosen is not None:
+            log.info("control_path_fallback", path=chosen, skipped=skipped)
     if path is None:
-        log.warning("control_disabled", reason="--control-socket off" if explicit else
-                    "no writable runtime directory (/run, $XDG_RUNTIME_DIR, /tmp)",
-                    fix="give --control-socket PATH in a writable directory")  # fmt: skip
+        log.warning(
+            "control_disabled",
+            reason="--control-socket off"
+            if explicit
+            else "no writable runtime directory (/run, $XDG_RUNTIME_DIR, /tmp)",
+            fix="give --control-socket PATH in a writable directory",
+        )
         return nothing
     try:
-        sock = bind(path)
+        sock = bind(path, explicit)
     except HotswapdError as exc:
         if explicit:
             raise
-        log.warning("control_disabled", reason=str(exc),
-                    fix="give this hotswapd its own --control-socket PATH")  # fmt: skip
+        log.warning(
+            "control_disabled",
+            reason=str(exc),
+            fix="give this hotswapd its own --control-socket PATH",
+        )
         return nothing
     identity = os.stat(path)
-    server = ControlServer(supervisor, log, path)
-    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
+    control = ControlServer(supervisor, log, path, config)
+    limits = Limits(
+        LIMITS.head_timeout_s,
+        LIMITS.max_head,
+        LIMITS.max_body,
+        connection_cap(LIMITS.max_connections),
+    )
+    server = Server("control", sock, control.handle, log, limits)
+    server.start()
     log.info("control_listening", path=path, mode="0600")
 
     async def close() -> None:
-        server.stop_streams()
-        await runner.cleanup()
+        control.stop_streams()
+        await server.close(SHUTDOWN_TIMEOUT_S)
+        await control.health_check.close()
         with contextlib.suppress(OSError):  # remove it only if it is still ours
             current = os.stat(path)
             if (current.st_dev, current.st_ino) == (identity.st_dev, identity.st_ino):
