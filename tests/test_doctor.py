@@ -29,16 +29,18 @@ LOADER = b"/lib64/ld-linux-x86-64.so.2"
 MISSING = b"/nonexistent/ld-x86-64.so.2"  # the same length: patched in place
 
 
-def run_doctor(args: list[str], setup: str = "", namespace: bool = True,
-               **kwargs: Any) -> tuple[int, list[str]]:  # fmt: skip
+def run_doctor(
+    args: list[str], setup: str = "", namespace: bool = True, **kwargs: Any
+) -> tuple[int, list[str]]:
     """Run `hotswapd doctor ARGS`, after the shell `setup`, as PID 1 of new namespaces."""
     command = f"{setup}\nexec {shlex.quote(sys.executable)} -m hotswapd doctor {shlex.join(args)}"
     argv = ["sh", "-ec", command]
     if namespace:
         argv = ["unshare", "--pid", "--fork", "--mount-proc", *argv]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60,
-                            check=False, **kwargs)  # fmt: skip
+    result = subprocess.run(
+        argv, capture_output=True, text=True, env=env, timeout=60, check=False, **kwargs
+    )
     assert result.stderr == "", result.stderr
     return result.returncode, result.stdout.splitlines()
 
@@ -57,8 +59,10 @@ def program(tmp_path: Path, go_server: Any) -> Path:
     return target
 
 
-ORIGINAL = {name: Path(f"/proc/sys/fs/inotify/{name}").read_text()
-            for name in ("max_user_instances", "max_user_watches")}  # fmt: skip
+ORIGINAL = {
+    name: Path(f"/proc/sys/fs/inotify/{name}").read_text()
+    for name in ("max_user_instances", "max_user_watches")
+}
 
 
 @pytest.fixture
@@ -75,8 +79,9 @@ def test_pid1_and_a_tmpfs_hiding_the_image(tmp_path: Path, program: Path) -> Non
     app.mkdir()
     (app / "from-image.conf").write_text("shipped in the image")
     setup = f"mount -t tmpfs tmpfs {app}\ncp {program} {app}/server"
-    code, lines = run_doctor(["--watch", f"{app}/server", "--listen", "tcp://127.0.0.1:0", "--",
-                              f"{app}/server"], setup)  # fmt: skip
+    code, lines = run_doctor(
+        ["--watch", f"{app}/server", "--listen", "tcp://127.0.0.1:0", "--", f"{app}/server"], setup
+    )
     assert code == 0, lines
     assert line(lines, "ok    init:").startswith("ok    init: running as PID 1")
     assert line(lines, f"ok    watch {app}/server:").startswith(
@@ -96,14 +101,17 @@ def test_overlayfs_watched_path(tmp_path: Path, program: Path) -> None:
     for path in dirs.values():
         path.mkdir()
     shutil.copy2(program, dirs["lower"] / "server")
-    setup = (f"mount -t overlay overlay -o lowerdir={dirs['lower']},upperdir={dirs['upper']},"
-             f"workdir={dirs['work']} {dirs['merged']}")  # fmt: skip
+    setup = (
+        f"mount -t overlay overlay -o lowerdir={dirs['lower']},upperdir={dirs['upper']},"
+        f"workdir={dirs['work']} {dirs['merged']}"
+    )
     merged = dirs["merged"]
     code, lines = run_doctor(["--watch", f"{merged}/server", "--", f"{merged}/server"], setup)
     assert code == 0, lines
     assert line(lines, f"ok    watch {merged}/server:").startswith(
         f"ok    watch {merged}/server: overlay mounted on {merged} from overlay (the container's "
-        "own layer")  # fmt: skip
+        "own layer"
+    )
 
 
 def test_single_file_bind_mount(tmp_path: Path, program: Path) -> None:
@@ -125,14 +133,14 @@ def test_inotify_limits_exhausted(program: Path) -> None:
     Path("/proc/sys/fs/inotify/max_user_instances").write_text("0")
     code, lines = run_doctor(["--watch", watched, "--watch-mode", "inotify", "--", watched])
     assert code == 1
-    found = line(lines, "fail  inotify: no inotify instance left")
-    assert "the watch will fail — raise it on the host" in found
-    assert "fs.inotify.max_user_instances=512" in found
+    found = line(lines, "fail  inotify: fs.inotify.max_user_instances=0 reached (EMFILE)")
+    assert "the watch will fail (--watch-mode inotify) — raise it on the node" in found
+    assert found.endswith("sysctl -w fs.inotify.max_user_instances=1024")
     Path("/proc/sys/fs/inotify/max_user_instances").write_text(ORIGINAL["max_user_instances"])
     Path("/proc/sys/fs/inotify/max_user_watches").write_text("0")
     code, lines = run_doctor(["--watch", watched, "--", watched])
     assert code == 0
-    found = line(lines, "warn  inotify: no inotify watch left for")
+    found = line(lines, "warn  inotify: fs.inotify.max_user_watches=0 exhausted (ENOSPC)")
     assert "auto mode will fall back to polling" in found
 
 
@@ -148,10 +156,12 @@ def test_missing_elf_interpreter(tmp_path: Path) -> None:
     code, lines = run_doctor(["--", str(broken)])
     assert code == 1
     found = line(lines, "fail  program:")
-    assert found == (f"fail  program: {broken} is dynamically linked but its ELF interpreter "
-                     f"{MISSING.decode()} is missing: exec fails with 'no such file or directory' "
-                     "— build it static (CGO_ENABLED=0 go build) or use a base image with that "
-                     "libc")  # fmt: skip
+    assert found == (
+        f"fail  program: {broken} is dynamically linked but its ELF interpreter "
+        f"{MISSING.decode()} is missing: exec fails with 'no such file or directory' "
+        "— build it static (CGO_ENABLED=0 go build) or use a base image with that "
+        "libc"
+    )
     assert lines[-1].endswith("1 fail")
 
 

@@ -13,9 +13,11 @@ a private mount namespace of its own (a doctor run is not PID 1's supervisor: it
 
 This module is the command: the options, the order of the checks, the printed lines and
 the exit code, plus the checks that fit in a screen (init, signals, program, listen,
-memory, control). The Finding line and the /proc reads are in doctor_check.py; the mount
-table and what a mount hides in doctor_mounts.py; the per-user inotify limits in
-doctor_inotify.py.
+memory, control). The Finding line and the /proc reads are in doctor/findings.py, the
+mount checks in doctor/mounts.py, the inotify check in doctor/inotify.py. Every rule the
+runtime also applies (the mount table, blind filesystems, inotify limits, what a mount
+hides, the cgroup's memory, socket states, the control path) is imported from the module
+the runtime uses, so doctor's verdict cannot drift from what the runtime does.
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ from hotswapd.doctor.findings import Finding, read_text, status_field
 from hotswapd.doctor.inotify import IN_MODIFY as IN_MODIFY
 from hotswapd.doctor.inotify import check_inotify
 from hotswapd.doctor.inotify import inotify_usage as inotify_usage
-from hotswapd.doctor.mounts import Mount, check_path, mounts
+from hotswapd.doctor.mounts import check_path
 from hotswapd.errors import EXIT_FAILURE, EXIT_OK, SpawnError
 from hotswapd.gates import elf
+from hotswapd.host import cgroup
+from hotswapd.host.mountinfo import Mount, read_mounts
+from hotswapd.host.shadow import hidden_by_mount, hidden_finding
 from hotswapd.host.unixsock import socket_state
 
 
@@ -57,17 +62,25 @@ def _signame(sig: int) -> str:
 
 def check_init() -> Iterator[Finding]:
     if os.getpid() == 1:
-        yield Finding("ok", "init", "running as PID 1: every orphan is reaped here and every "
-                      "signal sent to the container arrives here")  # fmt: skip
+        yield Finding(
+            "ok",
+            "init",
+            "running as PID 1: every orphan is reaped here and every "
+            "signal sent to the container arrives here",
+        )
         return
     cmdline = (read_text("/proc/1/cmdline") or "").replace("\0", " ").strip() or "?"
     if "hotswapd" in cmdline:
         yield Finding("ok", "init", f"PID 1 is hotswapd ({cmdline[:60]})")
         return
-    yield Finding("warn", "init", f"not PID 1 (PID 1 is '{cmdline[:60]}'): hotswapd will run as "
-                  "a child subreaper, reaping the orphans below it only",
-                  'make hotswapd the ENTRYPOINT in exec form: ENTRYPOINT ["hotswapd", ..., "--", '
-                  '"/app/server"]')  # fmt: skip
+    yield Finding(
+        "warn",
+        "init",
+        f"not PID 1 (PID 1 is '{cmdline[:60]}'): hotswapd will run as "
+        "a child subreaper, reaping the orphans below it only",
+        'make hotswapd the ENTRYPOINT in exec form: ENTRYPOINT ["hotswapd", ..., "--", '
+        '"/app/server"]',
+    )
     if signal.SIGTERM not in _signals_in(status_field(1, "SigCgt")):
         yield Finding(
             "warn",
@@ -85,10 +98,15 @@ def check_signals(config: Config) -> Iterator[Finding]:
     for what, sigs in (("ignored", ignored), ("blocked", blocked)):
         hit = sorted(set(sigs) & relevant)
         if hit:
-            yield Finding("warn", "signals", f"{', '.join(map(_signame, hit))} {what} on entry "
-                          "(inherited from whatever started this)", "hotswapd installs its own "
-                          "handlers and children start with defaults; check the parent (nohup, "
-                          "`trap '' TERM`)")  # fmt: skip
+            yield Finding(
+                "warn",
+                "signals",
+                f"{', '.join(map(_signame, hit))} {what} on entry "
+                "(inherited from whatever started this)",
+                "hotswapd installs its own "
+                "handlers and children start with defaults; check the parent (nohup, "
+                "`trap '' TERM`)",
+            )
     if config.swap_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL, signal.SIGSTOP):
         yield Finding(
             "fail",
@@ -99,8 +117,12 @@ def check_signals(config: Config) -> Iterator[Finding]:
         )
         return
     clean = "" if relevant & {*ignored, *blocked} else "; none inherited as ignored or blocked"
-    yield Finding("ok", "signals", f"swap on {_signame(config.swap_signal)}, stop on TERM/INT, "
-                  f"drain with {_signame(config.drain_signal)}{clean}")  # fmt: skip
+    yield Finding(
+        "ok",
+        "signals",
+        f"swap on {_signame(config.swap_signal)}, stop on TERM/INT, "
+        f"drain with {_signame(config.drain_signal)}{clean}",
+    )
 
 
 def check_program(config: Config, table: list[Mount]) -> Iterator[Finding]:
@@ -110,7 +132,13 @@ def check_program(config: Config, table: list[Mount]) -> Iterator[Finding]:
     try:
         path = resolve_program(config.command[0], os.environ)
     except SpawnError as exc:
-        yield Finding("fail", "program", str(exc), "fix the path after '--'")
+        name = config.command[0]
+        mount = hidden_by_mount(name, table) if "/" in name else None
+        if mount is not None:
+            finding, fix = hidden_finding(name, mount)
+            yield Finding("fail", "program", finding, fix)
+        else:
+            yield Finding("fail", "program", str(exc), "fix the path after '--'")
         return
     problem = elf.check_program(path)
     if problem:
@@ -122,13 +150,20 @@ def check_program(config: Config, table: list[Mount]) -> Iterator[Finding]:
     elif interpreter is None:
         yield Finding("ok", "program", f"{path} is a static ELF binary (runs in scratch)")
     elif os.path.exists(interpreter):
-        yield Finding("ok", "program", f"{path} is dynamically linked; its loader {interpreter} "
-                      "is present (its shared libraries are not checked)")  # fmt: skip
+        yield Finding(
+            "ok",
+            "program",
+            f"{path} is dynamically linked; its loader {interpreter} "
+            "is present (its shared libraries are not checked)",
+        )
     else:
-        yield Finding("fail", "program", f"{path} is dynamically linked but its ELF interpreter "
-                      f"{interpreter} is missing: exec fails with 'no such file or directory'",
-                      "build it static (CGO_ENABLED=0 go build) or use a base image with that "
-                      "libc")  # fmt: skip
+        yield Finding(
+            "fail",
+            "program",
+            f"{path} is dynamically linked but its ELF interpreter "
+            f"{interpreter} is missing: exec fails with 'no such file or directory'",
+            "build it static (CGO_ENABLED=0 go build) or use a base image with that libc",
+        )
     yield from check_path("program dir", os.path.dirname(path), config, table)
 
 
@@ -144,11 +179,19 @@ def check_listen(config: Config) -> Iterator[Finding]:
     for spec in config.listen:
         check = f"listen {spec.name}={spec.url}"
         if spec.kind == "unix":
-            state = socket_state(spec.path)
             directory = os.path.dirname(spec.path)
+            try:
+                state = socket_state(spec.path)
+            except OSError as exc:
+                yield Finding("fail", check, _unreachable(spec.path, exc), "choose another path")
+                continue
             if not os.access(directory, os.W_OK):
-                yield Finding("fail", check, f"{directory} is missing or not writable",
-                              "create it or mount a volume there")  # fmt: skip
+                yield Finding(
+                    "fail",
+                    check,
+                    f"{directory} is missing or not writable",
+                    "create it or mount a volume there",
+                )
             elif state in ("live", "not-a-socket"):
                 yield Finding(
                     "warn",
@@ -160,77 +203,105 @@ def check_listen(config: Config) -> Iterator[Finding]:
                 yield Finding("ok", check, f"{spec.path} can be created")
             continue
         try:
-            info = socket.getaddrinfo(spec.host or None, spec.port, type=socket.SOCK_STREAM,
-                                      flags=socket.AI_PASSIVE)[0]  # fmt: skip
+            info = socket.getaddrinfo(
+                spec.host or None, spec.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
             with socket.socket(info[0], socket.SOCK_STREAM) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(info[4])
             yield Finding("ok", check, "bindable")
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                yield Finding("warn", check, "in use now", "fine if this hotswapd is running; "
-                              "otherwise stop what holds it (ss -ltnp)")  # fmt: skip
+                yield Finding(
+                    "warn",
+                    check,
+                    "in use now",
+                    "fine if this hotswapd is running; otherwise stop what holds it (ss -ltnp)",
+                )
             else:
-                yield Finding("fail", check, f"cannot bind: {exc.strerror or exc}",
-                              "ports below 1024 need root or CAP_NET_BIND_SERVICE; use an "
-                              "address of this container")  # fmt: skip
-
-
-def cgroup_memory() -> tuple[int | None, int | None]:
-    """(limit, usage) in bytes of this cgroup (v2, then v1); limit None when unlimited."""
-    for line in (read_text("/proc/self/cgroup") or "").splitlines():
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            base, names = f"/sys/fs/cgroup{path.rstrip('/')}", ("memory.max", "memory.current")
-        elif "memory" in controllers.split(","):
-            base = f"/sys/fs/cgroup/memory{path.rstrip('/')}"
-            if not os.path.isdir(base):  # a cgroup namespace shows its own root only
-                base = "/sys/fs/cgroup/memory"
-            names = ("memory.limit_in_bytes", "memory.usage_in_bytes")
-        else:
-            continue
-        limit, usage = (read_text(os.path.join(base, name)) for name in names)
-        if usage is None:
-            continue
-        number = int(limit) if limit and limit.strip().isdigit() else None
-        return (number if number is not None and number < 1 << 60 else None), int(usage)
-    return None, None
+                yield Finding(
+                    "fail",
+                    check,
+                    f"cannot bind: {exc.strerror or exc}",
+                    "ports below 1024 need root or CAP_NET_BIND_SERVICE; use an "
+                    "address of this container",
+                )
 
 
 def check_memory() -> Iterator[Finding]:
-    limit, usage = cgroup_memory()
+    figures = cgroup.memory()  # the reader the memory gate's headroom check uses
+    limit, usage = (None, 0) if figures is None else (figures.limit, figures.usage)
     if limit is None:
-        yield Finding("ok", "memory", "no cgroup memory limit: two generations always fit "
-                      "(a leaking build is still caught by --max-memory-growth)")  # fmt: skip
+        yield Finding(
+            "ok",
+            "memory",
+            "no cgroup memory limit: two generations always fit "
+            "(a leaking build is still caught by --max-memory-growth)",
+        )
         return
     used = usage or 0
-    text = (f"cgroup limit {format_size(limit)}, {format_size(used)} in use, "
-            f"{format_size(limit - used)} free")  # fmt: skip
+    text = (
+        f"cgroup limit {format_size(limit)}, {format_size(used)} in use, "
+        f"{format_size(limit - used)} free"
+    )
     if limit - used < used:
-        yield Finding("warn", "memory", f"{text}: a swap runs two generations at once and the "
-                      "new one needs about as much as what runs now", "raise the container's "
-                      "memory limit to at least twice the server's memory")  # fmt: skip
+        yield Finding(
+            "warn",
+            "memory",
+            f"{text}: a swap runs two generations at once and the "
+            "new one needs about as much as what runs now",
+            "raise the container's memory limit to at least twice the server's memory",
+        )
     else:
         yield Finding("ok", "memory", f"{text}: room for a second generation")
+
+
+def _unreachable(path: str, exc: OSError) -> str:
+    """Why `path` cannot even be looked at, naming the directory that refuses this uid."""
+    directory = os.path.dirname(path)
+    while directory != "/" and os.access(directory, os.X_OK):
+        directory = os.path.dirname(directory)
+    try:
+        st = os.stat(directory)
+        owner = f" (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})"
+    except OSError:
+        owner = ""
+    return (
+        f"cannot look at {path}: {exc.strerror or exc} for uid {os.geteuid()}: "
+        f"{directory} is not searchable{owner}"
+    )
 
 
 def check_control(config: Config) -> Iterator[Finding]:
     path, explicit = server_path(config, os.environ)
     if path is None:
-        yield Finding("warn", "control", "control socket off or no writable runtime directory: "
-                      "`hotswapd ctl` and `deploy` cannot reach hotswapd",
-                      "give --control-socket PATH in a writable directory")  # fmt: skip
+        yield Finding(
+            "warn",
+            "control",
+            "control socket off or no writable runtime directory: "
+            "`hotswapd ctl` and `deploy` cannot reach hotswapd",
+            "give --control-socket PATH in a writable directory",
+        )
         return
     directory = os.path.dirname(path)
-    problem = dir_problem(directory) if not explicit or os.path.basename(
-        directory) == "hotswapd" else None  # fmt: skip
-    state = socket_state(path)
+    judged = not explicit or os.path.basename(directory) == "hotswapd"
+    problem = dir_problem(directory) if judged else None
     if problem:
         yield Finding("fail", "control", problem, f"remove {directory} or choose another path")
-    elif state == "not-a-socket":
+        return
+    try:
+        state = socket_state(path)
+        mode = stat.S_IMODE(os.stat(path).st_mode) if state == "live" else 0
+    except OSError as exc:  # a root-owned 0750 /run/hotswapd seen by another uid
+        if explicit:
+            fix = f"give --control-socket a path in a directory uid {os.geteuid()} can write"
+        else:
+            fix = "run as the directory's owner, or give --control-socket PATH in a writable one"
+        yield Finding("fail" if explicit else "warn", "control", _unreachable(path, exc), fix)
+        return
+    if state == "not-a-socket":
         yield Finding("fail", "control", f"{path} exists and is not a socket", "remove it")
     elif state == "live":
-        mode = stat.S_IMODE(os.stat(path).st_mode)
         level = "fail" if mode & 0o077 else "ok"
         yield Finding(
             level,
@@ -239,21 +310,21 @@ def check_control(config: Config) -> Iterator[Finding]:
             "chmod 600 it; any user who can connect can swap" if level == "fail" else "",
         )
     else:
-        yield Finding(
-            "ok",
-            "control",
-            f"{path} will be created mode 0600 "
-            f"{'(replacing a stale socket)' if state == 'stale' else ''}".rstrip(),
-        )
+        stale = " (replacing a stale socket)" if state == "stale" else ""
+        yield Finding("ok", "control", f"{path} will be created mode 0600{stale}")
 
 
 def diagnose(config: Config) -> list[Finding]:
-    table = mounts()
+    table = read_mounts()
     findings = [*check_init(), *check_signals(config), *check_inotify(config)]
     for spec in config.watch:
         findings += check_path("watch", spec.path, config, table)
-    findings += [*check_program(config, table), *check_listen(config), *check_memory(),
-                 *check_control(config)]  # fmt: skip
+    findings += [
+        *check_program(config, table),
+        *check_listen(config),
+        *check_memory(),
+        *check_control(config),
+    ]
     # A mount shared by the program and a watched path is reported once, not per path.
     seen: set[tuple[str, str]] = set()
     unique = []
@@ -265,9 +336,29 @@ def diagnose(config: Config) -> list[Finding]:
     return unique
 
 
+def print_help() -> None:
+    """`hotswapd doctor --help`: the run mode's options, which doctor takes as they are."""
+    import argparse
+
+    from hotswapd.boot.config import add_options
+
+    parser = argparse.ArgumentParser(
+        prog="hotswapd doctor",
+        usage="hotswapd doctor [OPTIONS] [-- PROGRAM [ARGS...]]",
+        description="Diagnose this container for this configuration: give it the exact "
+        "options and program of the ENTRYPOINT. One line per check (ok, warn, fail); any "
+        "fail exits 1. It changes nothing.",
+    )
+    add_options(parser)
+    parser.print_help()
+
+
 def main(args: list[str]) -> int:
+    options = args[: args.index("--")] if "--" in args else args
+    if "--help" in options or "-h" in options:
+        print_help()
+        return EXIT_OK
     config = parse_run_args(args, require_command=False)
-    assert isinstance(config, Config)
     findings = diagnose(config)
     for finding in findings:
         print(finding.line(), flush=True)

@@ -9,12 +9,11 @@ The gate measures and answers; it never stops a process.
 
 from __future__ import annotations
 
-import os
-
 import psutil
 
 from hotswapd.boot.units import format_size
 from hotswapd.boot.values import MemoryGrowth
+from hotswapd.host import cgroup
 
 
 def tree_rss(pid: int) -> int:
@@ -51,48 +50,8 @@ def verdict(old_bytes: int, new_bytes: int, rule: MemoryGrowth) -> str | None:
 
 def cgroup_headroom() -> int | None:
     """Bytes left under this cgroup's memory limit (v2 or v1), or None when unlimited."""
-    try:
-        with open("/proc/self/cgroup") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if controllers == "":
-            base = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
-            limit = _read(os.path.join(base, "memory.max")) or _read("/sys/fs/cgroup/memory.max")
-            usage = _read(os.path.join(base, "memory.current")) or _read(
-                "/sys/fs/cgroup/memory.current"
-            )
-        elif "memory" in controllers.split(","):
-            base = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"))
-            if not os.path.isdir(base):
-                base = "/sys/fs/cgroup/memory"
-            limit = _read(os.path.join(base, "memory.limit_in_bytes"))
-            usage = _read(os.path.join(base, "memory.usage_in_bytes"))
-        else:
-            continue
-        if limit is None or usage is None or limit >= 1 << 60:
-            return None
-        return limit - usage
-    return None
-
-
-def _read(path: str) -> int | None:
-    try:
-        with open(path) as handle:
-            text = handle.read().strip()
-    except OSError:
-        return None
-    if text == "max":
-        return 1 << 62
-    try:
-        return int(text)
-    except ValueError:
-        return None
+    figures = cgroup.memory()  # the reader doctor's memory check uses too
+    return None if figures is None else figures.headroom
 
 
 def headroom_verdict(old_bytes: int) -> str | None:
