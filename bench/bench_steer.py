@@ -14,7 +14,8 @@ differs:
     steered, canary 20%  the same plus SKF_AD_RANDOM % 100 < 20 -> candidate
 
 Variants run interleaved, round after round, so machine noise hits all alike; the
-figure per variant is the median over rounds. Wall-clock rates swing with whatever
+figure per variant is the median over rounds, and "paired" is the median of each
+round's rate over the shared socket's rate in the same round. Wall-clock rates swing with whatever
 else the machine runs; this process's CPU time per connection (user + system, which
 includes the loopback's softirq work done on its behalf) is the steadier figure.
 Prints a table and writes JSON (default bench/results/steer.json).
@@ -113,6 +114,13 @@ def bench(rounds: int, seconds: float) -> dict[str, Any]:
         rows[variant.name] = {
             "connections_per_s": common.summarize(variant.rates, 0),
             "vs_shared": round(median / shared, 3),
+            # each round's rate over the shared socket's in the same round: drifts cancel
+            "paired_vs_shared": round(
+                statistics.median(
+                    r / s for r, s in zip(variant.rates, variants[0].rates, strict=True)
+                ),
+                3,
+            ),
             "cpu_us_per_connection": common.summarize(variant.cpu_us, 2),
             "cpu_vs_shared": round(statistics.median(variant.cpu_us) / shared_cpu, 3),
             "landed_per_member": variant.landed,
@@ -135,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=common.default_json("steer"))
     args = parser.parse_args(argv)
     data = bench(args.rounds, args.seconds)
-    headers = ["variant", "conn/s median", "min", "max", "vs shared", "CPU µs/conn", "vs shared",
-               "candidate share"]  # fmt: skip
+    headers = ["variant", "conn/s median", "min", "max", "vs shared", "paired", "CPU µs/conn",
+               "vs shared", "candidate share"]  # fmt: skip
     table = []
     for name, row in data["variants"].items():
         rates, cpu, share = (
@@ -144,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             row["cpu_us_per_connection"],
             row["candidate_share"],
         )
-        table.append([name, rates["median"], rates["min"], rates["max"], f"{row['vs_shared']:.3f}",
-                      cpu["median"], f"{row['cpu_vs_shared']:.3f}",
-                      "-" if share is None else f"{share:.1%}"])  # fmt: skip
+        ratios = [f"{row[key]:.3f}" for key in ("vs_shared", "paired_vs_shared", "cpu_vs_shared")]
+        table.append([name, rates["median"], rates["min"], rates["max"], *ratios[:2], cpu["median"],
+                      ratios[2], "-" if share is None else f"{share:.1%}"])  # fmt: skip
     print(common.table(headers, table))
     common.write_json(args.json, data)
     print(f"\nwrote {args.json}")
