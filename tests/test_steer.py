@@ -417,6 +417,20 @@ def test_group_model_matches_the_kernels_slots(listeners: Callable[..., Listener
     assert kernel_joins() == inodes(model.joined) == inodes([a, c, b])
 
 
+@pytest.mark.parametrize(
+    ("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::")]
+)
+def test_join_order_reads_the_kernels_order_for_both_families(
+    listeners: Callable[..., Listeners], family: int, host: str
+) -> None:
+    """/proc lists IPv4 members newest first and IPv6 ones oldest first; join_order undoes it."""
+    group = listeners(3, family, host)
+    group.socks[1].shutdown(socket.SHUT_RD)
+    group.socks[1].listen(BACKLOG)  # rejoins as the newest
+    expected = [observe.socket_inode(group.socks[i]) for i in (0, 2, 1)]
+    assert observe.join_order(group.port, family, host) == expected
+
+
 def test_naive_order_sends_connections_to_the_leaving_socket(
     listeners: Callable[..., Listeners],
 ) -> None:
