@@ -23,6 +23,7 @@ from __future__ import annotations
 import _socket
 import errno
 import os
+import sys
 
 from hotswapd.steer.bpf import ProbeMatch
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 LOOPBACK6 = "::1"
 DEFAULT_IPV6_PORTS = 4
-_LINGER_RESET = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")  # struct linger {1, 0}
+_LINGER_RESET = (1).to_bytes(4, sys.byteorder) + bytes(4)  # struct linger {l_onoff 1, l_linger 0}
 
 
 def random_loopback4() -> str:
