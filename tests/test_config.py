@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 from pathlib import Path
 
 import pytest
 
-from hotswapd.boot.config import Config, build_config, parse_run_args
+from hotswapd.boot.config import OPTIONS, Config, build_config, parse_run_args
 from hotswapd.boot.units import BadValue, parse_duration, parse_signal, parse_size
 from hotswapd.boot.values import MemoryGrowth, parse_listen, parse_memory_growth, parse_watch
 from hotswapd.cli import run_parser, split_command
@@ -35,9 +36,14 @@ def test_sizes(text: str, size: int) -> None:
 
 @pytest.mark.parametrize(
     ("text", "number"),
-    [("TERM", signal.SIGTERM), ("SIGQUIT", signal.SIGQUIT), ("15", 15), ("usr2", signal.SIGUSR2),
-     ("RTMIN+3", signal.SIGRTMIN + 3)],
-)  # fmt: skip
+    [
+        ("TERM", signal.SIGTERM),
+        ("SIGQUIT", signal.SIGQUIT),
+        ("15", 15),
+        ("usr2", signal.SIGUSR2),
+        ("RTMIN+3", signal.SIGRTMIN + 3),
+    ],
+)
 def test_signals(text: str, number: int) -> None:
     """Signals accept names with or without SIG, numbers, and RTMIN+N."""
     assert parse_signal(text) == number
@@ -70,8 +76,11 @@ def test_watch_specs() -> None:
     """--watch takes PATH, PATH=swap and PATH=signal:NAME."""
     assert parse_watch("/app/server").action == "swap"
     spec = parse_watch("/etc/app/config.yaml=signal:HUP")
-    assert (spec.path, spec.action, spec.signal) == ("/etc/app/config.yaml", "signal",
-                                                     signal.SIGHUP)  # fmt: skip
+    assert (spec.path, spec.action, spec.signal) == (
+        "/etc/app/config.yaml",
+        "signal",
+        signal.SIGHUP,
+    )
     with pytest.raises(BadValue):
         parse_watch("/x=explode")
 
@@ -123,7 +132,9 @@ def test_duplicate_listener_names_are_rejected() -> None:
 def test_split_command() -> None:
     """Everything after the first `--` is the program and its arguments, untouched."""
     assert split_command(["--health", "/h", "--", "srv", "--", "-x"]) == (
-        ["--health", "/h"], ["srv", "--", "-x"])  # fmt: skip
+        ["--health", "/h"],
+        ["srv", "--", "-x"],
+    )
 
 
 def test_program_without_double_dash() -> None:
@@ -131,3 +142,43 @@ def test_program_without_double_dash() -> None:
     config = parse_run_args(["--settle", "0", "/bin/echo", "hi"])
     assert isinstance(config, Config)
     assert config.command == ("/bin/echo", "hi")
+
+
+def _help_entries() -> dict[str, str]:
+    """`hotswapd --help`, one entry per flag: the flag's heading and its help, on one line."""
+    text = run_parser().format_help()
+    entries = re.split(r"^  (?=--)", text, flags=re.MULTILINE)[1:]
+    return {entry.split()[0]: " ".join(entry.split()) for entry in entries}
+
+
+def test_help_shows_the_real_defaults() -> None:
+    """Each `(default: X)` in --help parses to the default the run mode really uses."""
+    entries = _help_entries()
+    real = build_config({}, ["/app/server"], {})
+    shown = 0
+    for option in OPTIONS:
+        entry = entries[option.flag]
+        found = re.findall(r"\(default: ([^)]+)\)", entry)
+        value = getattr(real, option.name)
+        if option.default_text() is None:  # no default (None, empty list) or a switch
+            assert not found, f"{option.flag}: --help shows a default it does not have"
+            assert value in (None, (), False), f"{option.flag}: a default --help does not show"
+            continue
+        assert len(found) == 1, f"{option.flag}: --help shows no default: {entry}"
+        assert option.parse(found[0]) == value, f"{option.flag}: --help says {found[0]}"
+        shown += 1
+    assert shown >= 15
+
+
+def test_every_option_is_a_field_a_flag_a_variable_and_a_key(tmp_path: Path) -> None:
+    """One declaration gives the Config field, the flag, HOTSWAPD_NAME and the TOML key."""
+    names = [option.name for option in OPTIONS]
+    assert names[:3] == ["listen", "user", "no_new_privs"]  # declaration order is --help's
+    config_file = tmp_path / "hotswapd.toml"
+    config_file.write_text('settle = "4s"\n')
+    assert build_config({"config": str(config_file)}, ["x"], {}).settle == 4.0
+    assert build_config({}, ["x"], {"HOTSWAPD_SETTLE": "5s"}).settle == 5.0
+    assert parse_run_args(["--settle", "6s", "x"]).settle == 6.0
+    assert Config(command=("x",)).settle == Config.settle.default == 1.0
+    with pytest.raises(AttributeError):
+        Config(command=("x",)).settle = 2.0

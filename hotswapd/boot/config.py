@@ -1,8 +1,14 @@
 """One frozen Config from flags, then HOTSWAPD_* environment, then a TOML file.
 
-Precedence is flags > env > file > default, per option. Every value is validated
-here, so a bad one fails before anything is bound or spawned, with one line that
-names the option, the value and what is accepted (exit 2).
+Precedence is flags > env > file > default, per option. Every value from every source
+goes through the same parser (boot/units, boot/values), so a bad one fails before
+anything is bound or spawned, with one line that names the option, the value and what
+is accepted (exit 2).
+
+Each option is written once, as a class attribute of `Config`: its parser (whose
+return type is the field's type), its default, its help text and metavar. From that
+one line come the field, its default, the `--flag`, the `HOTSWAPD_NAME` variable, the
+TOML key, and the `(default: …)` that --help shows.
 
 This module runs before generation 1 is spawned, so it imports nothing heavy: no
 re, dataclasses, argparse, typing or signal at run time (together they cost more than
@@ -12,27 +18,35 @@ done with str methods.
 
 from __future__ import annotations
 
+import os
+import stat
+
 from hotswapd.boot import sigbits
 from hotswapd.boot.units import (
     BadValue,
+    format_duration,
+    format_signal,
     parse_bool,
     parse_duration,
-    parse_signal,
+    positive_duration,
+    signal_for,
 )
 from hotswapd.boot.values import (
     DEFAULT_MEMORY_GROWTH,
     ListenSpec,
     MemoryGrowth,
-    Record,
     WatchSpec,
     choice,
     health_path,
-    health_url,
     host_port,
     parse_listen,
     parse_memory_growth,
+    parse_user,
     parse_watch,
-    text,
+    path_text,
+)
+from hotswapd.boot.values import (
+    health_url as parse_health_url,
 )
 from hotswapd.errors import UsageError
 
@@ -40,108 +54,82 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~10 ms
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Mapping, Sequence
-    from typing import Any, Literal
+    from typing import Any, Generic, Literal, TypeVar, overload
+
+    T = TypeVar("T")
+    U = TypeVar("U")
+else:
+
+    class Generic:
+        """At run time `Generic[T]` is plain `object`: no typing import before the spawn."""
+
+        def __class_getitem__(cls, _item):
+            return object
+
+    T = None
+
 
 ENV_PREFIX = "HOTSWAPD_"
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few lines; a bigger one is the wrong file
 
 
-class Config(Record):
-    """Everything the run mode needs, validated and immutable."""
+class Option(Generic[T]):
+    """One option, declared as a `Config` attribute; reading it on a Config gives the value.
 
-    __slots__ = (
-        "command", "listen", "user", "no_new_privs", "on_exit", "stop_signal", "stop_timeout",
-        "swap_signal", "health", "health_url", "health_timeout", "ready", "settle",
-        "max_memory_growth", "canary", "drain_signal", "drain_timeout", "watch", "watch_mode",
-        "debounce", "poll_interval", "control_socket", "metrics", "log_format", "log_level",
-    )  # fmt: skip
-    command: tuple[str, ...]
-    listen: tuple[ListenSpec, ...]
-    user: str | None
-    no_new_privs: bool
-    on_exit: Literal["exit", "restart"]
-    stop_signal: int | None  # None: forward the signal that asked us to stop
-    stop_timeout: float
-    swap_signal: int
-    health: str | None
-    health_url: str | None
-    health_timeout: float
-    ready: Literal["notify", "none"]
-    settle: float
-    max_memory_growth: MemoryGrowth
-    canary: float
-    drain_signal: int
-    drain_timeout: float
-    watch: tuple[WatchSpec, ...]
-    watch_mode: Literal["auto", "inotify", "poll"]
-    debounce: float
-    poll_interval: float
-    control_socket: str | None
-    metrics: str | None
-    log_format: Literal["auto", "json", "console"]
-    log_level: str
+    `parse` takes one raw value from any source (a flag or env string, a TOML value)
+    and returns the field's value (of type T, the default's) or raises BadValue. A
+    repeatable option parses each item and its field is the tuple of them.
+    """
 
-    def __init__(
-        self,
-        command: tuple[str, ...],
-        listen: tuple[ListenSpec, ...] = (),
-        user: str | None = None,
-        no_new_privs: bool = False,
-        on_exit: Literal["exit", "restart"] = "exit",
-        stop_signal: int | None = None,
-        stop_timeout: float = 30.0,
-        swap_signal: int = sigbits.SIGUSR2,
-        health: str | None = None,
-        health_url: str | None = None,
-        health_timeout: float = 30.0,
-        ready: Literal["notify", "none"] = "none",
-        settle: float = 1.0,
-        max_memory_growth: MemoryGrowth = DEFAULT_MEMORY_GROWTH,
-        canary: float = 0.0,
-        drain_signal: int = sigbits.SIGTERM,
-        drain_timeout: float = 30.0,
-        watch: tuple[WatchSpec, ...] = (),
-        watch_mode: Literal["auto", "inotify", "poll"] = "auto",
-        debounce: float = 0.3,
-        poll_interval: float = 1.0,
-        control_socket: str | None = None,
-        metrics: str | None = None,
-        log_format: Literal["auto", "json", "console"] = "auto",
-        log_level: str = "info",
-    ) -> None:
-        self._set(
-            command=command, listen=listen, user=user, no_new_privs=no_new_privs,
-            on_exit=on_exit, stop_signal=stop_signal, stop_timeout=stop_timeout,
-            swap_signal=swap_signal, health=health, health_url=health_url,
-            health_timeout=health_timeout, ready=ready, settle=settle,
-            max_memory_growth=max_memory_growth, canary=canary, drain_signal=drain_signal,
-            drain_timeout=drain_timeout, watch=watch, watch_mode=watch_mode, debounce=debounce,
-            poll_interval=poll_interval, control_socket=control_socket, metrics=metrics,
-            log_format=log_format, log_level=log_level,
-        )  # fmt: skip
+    __slots__ = ("name", "parse", "default", "help", "metavar", "repeat", "flag_only", "show")
 
-    @property
-    def health_gated(self) -> bool:
-        return self.health is not None or self.health_url is not None or self.ready == "notify"
-
-
-# --------------------------------------------------------------------------- the option table
-
-
-class Option(Record):
-    """One option: its flag, how to parse one value, and whether it repeats."""
-
-    __slots__ = ("name", "parse", "help", "metavar", "repeat", "flag_only")
-    name: str  # the Config field
+    name: str
     parse: Callable[[Any], Any]
+    default: T
     help: str
     metavar: str
     repeat: bool
     flag_only: bool  # a boolean switch on the command line
+    show: Callable[[Any], str] | None  # spells the default for --help; None: no default shown
 
-    def __init__(self, name: str, parse: Callable[[Any], Any], help: str, metavar: str = "VALUE",
-                 repeat: bool = False, flag_only: bool = False) -> None:  # fmt: skip
-        self._set(name=name, parse=parse, help=help, metavar=metavar, repeat=repeat,
-                  flag_only=flag_only)  # fmt: skip
+    def __init__(
+        self,
+        parse: Callable[[Any], Any],
+        default: T,
+        help: str,
+        metavar: str = "VALUE",
+        *,
+        show: Callable[[T], str] | None = str,
+        repeat: bool = False,
+        flag_only: bool = False,
+    ) -> None:
+        self.parse = parse
+        self.default = default
+        self.help = help
+        self.metavar = metavar
+        self.repeat = repeat
+        self.flag_only = flag_only
+        self.show = show if default is not None and not repeat and not flag_only else None
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __get__(self, instance: None, owner: type) -> Option[T]: ...
+
+        @overload
+        def __get__(self, instance: Config, owner: type) -> T: ...
+
+    def __get__(self, instance: Config | None, owner: type) -> Option[T] | T:
+        if instance is None:
+            return self
+        value: T = instance._values[self.name]
+        return value
+
+    def __set__(self, instance: Config, value: object) -> None:
+        raise AttributeError("Config is immutable")
 
     @property
     def flag(self) -> str:
@@ -151,57 +139,206 @@ class Option(Record):
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
 
+    def default_text(self) -> str | None:
+        """The default as a user would write it (30s, USR2, 1.5+32MiB), or None."""
+        return None if self.show is None else self.show(self.default)
 
-OPTIONS: tuple[Option, ...] = (
-    Option("listen", text, "socket to bind once and pass to every generation: "
-           "[NAME=]tcp://HOST:PORT, tcp://:PORT, tcp://[::1]:PORT or unix:///path", "[NAME=]URL",
-           repeat=True),
-    Option("user", text, "run children as this user (and group); hotswapd keeps root to bind",
-           "NAME[:GROUP]"),
-    Option("no_new_privs", parse_bool, "set PR_SET_NO_NEW_PRIVS in children", flag_only=True),
-    Option("on_exit", choice("exit", "restart"),
-           "when the active child exits by itself: exit (Kubernetes) or restart (compose)",
-           "exit|restart"),
-    Option("stop_signal", parse_signal,
-           "signal sent to children on stop (default: the one hotswapd received)", "SIGNAL"),
-    Option("stop_timeout", parse_duration, "wait this long after the stop signal before SIGKILL "
-           "(default 30s)", "DURATION"),
-    Option("swap_signal", parse_signal, "signal that triggers a hot swap (default USR2)", "SIGNAL"),
-    Option("health", health_path, "HTTP path probed on the new generation's private listener",
-           "PATH"),
-    Option("health_url", health_url, "probe this URL instead (server without the probe listener)",
-           "URL"),
-    Option("health_timeout", parse_duration, "bound on the whole readiness phase (default 30s)",
-           "DURATION"),
-    Option("ready", choice("notify", "none"), "also wait for sd_notify READY=1 from the new "
-           "generation", "notify|none"),
-    Option("settle", parse_duration, "wait this long after readiness before the memory gate "
-           "(default 1s)", "DURATION"),
-    Option("max_memory_growth", parse_memory_growth, "memory gate: RATIO, SIZE, RATIO+SIZE or off "
-           "(default 1.5+32MiB: fail only when over both)", "RULE"),
-    Option("canary", parse_duration, "keep both generations serving this long before cutover "
-           "(default 0)", "DURATION"),
-    Option("drain_signal", parse_signal, "signal that tells the old generation to drain "
-           "(default TERM)", "SIGNAL"),
-    Option("drain_timeout", parse_duration, "wait this long for the old generation to exit "
-           "before SIGKILL (default 30s)", "DURATION"),
-    Option("watch", parse_watch, "swap (or signal) when this file changes", "PATH[=ACTION]",
-           repeat=True),
-    Option("watch_mode", choice("auto", "inotify", "poll"), "auto, inotify or poll",
-           "auto|inotify|poll"),
-    Option("debounce", parse_duration, "quiet period after a change before acting (default 300ms)",
-           "DURATION"),
-    Option("poll_interval", parse_duration, "stat interval in poll mode (default 1s)", "DURATION"),
-    Option("control_socket", text, "unix socket for `hotswapd ctl`", "PATH"),
-    Option("metrics", host_port, "serve Prometheus metrics on HOST:PORT", "HOST:PORT"),
-    Option("log_format", choice("auto", "json", "console"), "json, console, or auto (console "
-           "on a TTY)", "json|console"),
-    Option("log_level", choice("debug", "info", "warning", "error"), "log level",
-           "debug|info|warning|error"),
-)  # fmt: skip
 
+def repeated(parse: Callable[[Any], U], help: str, metavar: str) -> Option[tuple[U, ...]]:
+    """A repeatable option: `parse` reads one item; the field is the tuple (default: none)."""
+    return Option(parse, (), help, metavar, repeat=True)
+
+
+def switch(help: str) -> Option[bool]:
+    """A boolean flag: `--name` alone sets it; env and TOML take true/false."""
+    return Option(parse_bool, False, help, show=None, flag_only=True)
+
+
+class Config:
+    """Everything the run mode needs, validated and immutable; one attribute per option."""
+
+    __slots__ = ("command", "_values")
+    command: tuple[str, ...]
+    _values: dict[str, Any]
+
+    # sockets
+    listen = repeated(
+        parse_listen,
+        "socket to bind once and pass to every generation: "
+        "[NAME=]tcp://HOST:PORT, tcp://:PORT, tcp://[::1]:PORT or unix:///path",
+        "[NAME=]URL",
+    )
+    # child
+    user: Option[str | None] = Option(
+        parse_user,
+        None,
+        "run children as this user (and group); hotswapd keeps root to bind; the children "
+        "get no_new_privs unless --allow-new-privs",
+        "NAME[:GROUP]",
+    )
+    no_new_privs = switch("set PR_SET_NO_NEW_PRIVS in children (the default with --user)")
+    allow_new_privs = switch(
+        "with --user: let children gain privileges through setuid or file-capability "
+        "programs (no_new_privs is not set)"
+    )
+    on_exit: Option[Literal["exit", "restart"]] = Option(
+        choice("exit", "restart"),
+        "exit",
+        "when the active child exits by itself: exit (Kubernetes) or restart (compose)",
+        "exit|restart",
+    )
+    stop_signal: Option[int | None] = Option(
+        signal_for("stop"),
+        None,
+        "signal sent to children on stop; unset: the one hotswapd received",
+        "SIGNAL",
+    )
+    stop_timeout = Option(
+        parse_duration,
+        30.0,
+        "wait this long after the stop signal before SIGKILL",
+        "DURATION",
+        show=format_duration,
+    )
+    # swap
+    swap_signal = Option(
+        signal_for("swap"),
+        sigbits.SIGUSR2,
+        "signal that triggers a hot swap (never TERM, INT, QUIT, KILL, STOP or CHLD)",
+        "SIGNAL",
+        show=format_signal,
+    )
+    health: Option[str | None] = Option(
+        health_path, None, "HTTP path probed on the new generation's private listener", "PATH"
+    )
+    health_url: Option[str | None] = Option(
+        parse_health_url, None, "probe this URL instead (server without the probe listener)", "URL"
+    )
+    health_timeout = Option(
+        parse_duration,
+        30.0,
+        "bound on the whole readiness phase",
+        "DURATION",
+        show=format_duration,
+    )
+    ready: Option[Literal["notify", "none"]] = Option(
+        choice("notify", "none"),
+        "none",
+        "also wait for sd_notify READY=1 from the new generation",
+        "notify|none",
+    )
+    settle = Option(
+        parse_duration,
+        1.0,
+        "wait this long after readiness before the memory gate",
+        "DURATION",
+        show=format_duration,
+    )
+    max_memory_growth: Option[MemoryGrowth] = Option(
+        parse_memory_growth,
+        DEFAULT_MEMORY_GROWTH,
+        "memory gate: RATIO, SIZE, RATIO+SIZE or off (fail only when over both)",
+        "RULE",
+        show=MemoryGrowth.spec,
+    )
+    canary = Option(
+        parse_duration,
+        0.0,
+        "keep both generations serving this long before cutover",
+        "DURATION",
+        show=format_duration,
+    )
+    drain_signal = Option(
+        signal_for("drain"),
+        sigbits.SIGTERM,
+        "signal that tells the old generation to drain",
+        "SIGNAL",
+        show=format_signal,
+    )
+    drain_timeout = Option(
+        parse_duration,
+        30.0,
+        "wait this long for the old generation to exit before SIGKILL",
+        "DURATION",
+        show=format_duration,
+    )
+    # watching
+    watch = repeated(parse_watch, "swap (or signal) when this file changes", "PATH[=ACTION]")
+    watch_mode: Option[Literal["auto", "inotify", "poll"]] = Option(
+        choice("auto", "inotify", "poll"), "auto", "auto, inotify or poll", "auto|inotify|poll"
+    )
+    debounce = Option(
+        parse_duration,
+        0.3,
+        "quiet period after a change before acting",
+        "DURATION",
+        show=format_duration,
+    )
+    poll_interval = Option(
+        positive_duration,
+        1.0,
+        "stat interval in poll mode",
+        "DURATION",
+        show=format_duration,
+    )
+    # operating
+    control_socket: Option[str | None] = Option(
+        path_text, None, "unix socket for `hotswapd ctl` (off: none)", "PATH"
+    )
+    metrics: Option[str | None] = Option(
+        host_port, None, "serve Prometheus metrics on HOST:PORT", "HOST:PORT"
+    )
+    log_format: Option[Literal["auto", "json", "console"]] = Option(
+        choice("auto", "json", "console"),
+        "auto",
+        "json, console, or auto (console on a TTY)",
+        "json|console",
+    )
+    log_level = Option(
+        choice("debug", "info", "warning", "error"), "info", "log level", "debug|info|warning|error"
+    )
+
+    def __init__(self, command: tuple[str, ...], **values: Any) -> None:
+        unknown = set(values) - set(OPTION_BY_NAME)
+        if unknown:
+            raise TypeError(f"Config has no option {sorted(unknown)}")
+        object.__setattr__(self, "command", command)
+        merged = {option.name: values.get(option.name, option.default) for option in OPTIONS}
+        object.__setattr__(self, "_values", merged)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError("Config is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Config):
+            return NotImplemented
+        return (self.command, self._values) == (other.command, other._values)
+
+    def __hash__(self) -> int:
+        return hash((self.command, tuple(self._values.values())))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self._values.items())
+        return f"Config(command={self.command!r}, {fields})"
+
+    @property
+    def health_gated(self) -> bool:
+        return self.health is not None or self.health_url is not None or self.ready == "notify"
+
+
+# The table, in declaration order (class bodies keep it): what --help lists and parsing reads.
+OPTIONS: tuple[Option[Any], ...] = tuple(
+    value for value in vars(Config).values() if isinstance(value, Option)
+)
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
 OPTION_BY_FLAG = {option.flag: option for option in OPTIONS}
+
+
+def help_text(option: Option[Any]) -> str:
+    """The --help line of one option: its help, then its default spelled as a user writes it."""
+    shown = option.default_text()
+    text = option.help if shown is None else f"{option.help} (default: {shown})"
+    return text.replace("%", "%%")  # argparse formats help strings with %
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -210,7 +347,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         if option.flag_only:
             parser.add_argument(
-                option.flag, action="store_const", const=True, default=None, help=option.help
+                option.flag, action="store_const", const=True, default=None, help=help_text(option)
             )
         else:
             parser.add_argument(
@@ -218,7 +355,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                 metavar=option.metavar,
                 default=None,
                 action="append" if option.repeat else "store",
-                help=option.help,
+                help=help_text(option),
             )
 
 
@@ -240,11 +377,13 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
         flag, eq, inline = arg.partition("=")
         if flag == "--config":
             option_name = "config"
-            option: Option | None = None
+            option: Option[Any] | None = None
         else:
             option = OPTION_BY_FLAG.get(flag)
             if option is None:
-                raise UsageError(f"unrecognized arguments: {arg} (see 'hotswapd --help')")
+                raise UsageError(
+                    f"unrecognized arguments: {show(arg)[1:-1]} (see 'hotswapd --help')"
+                )
             option_name = option.name
         if option is not None and option.flag_only:
             value: Any = inline if eq else True
@@ -263,37 +402,79 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     return values, []
 
 
+def show(value: object, limit: int = 80) -> str:
+    """A value as an error message quotes it: on one line, bounded, control bytes escaped."""
+    if isinstance(value, str):
+        text = value if value.isprintable() else repr(value)[1:-1]
+    else:
+        text = repr(value)
+    return "'" + (text if len(text) <= limit else text[: limit - 1] + "…") + "'"
+
+
 def _read_toml(path: str) -> dict[str, Any]:
+    where = f"--config {show(path)[1:-1]}"
+    data = _read_config_bytes(path, where)
+    try:
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8 text (bad byte at offset {exc.start})"
+        raise UsageError(f"{where}: {problem}; save the file as UTF-8") from None
     import tomllib
 
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise UsageError(f"--config: {path}: no such file") from None
+        parsed = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"--config: {path}: invalid TOML: {exc}") from None
-    except OSError as exc:
-        raise UsageError(f"--config: {path}: {exc.strerror}") from None
-    normalised = {key.replace("-", "_"): value for key, value in data.items()}
+        raise UsageError(f"{where}: invalid TOML: {show(str(exc), 200)[1:-1]}") from None
+    normalised = {key.replace("-", "_"): value for key, value in parsed.items()}
     known = set(OPTION_BY_NAME) | {"command"}
     for key in normalised:
         if key not in known:
-            raise UsageError(f"--config: {path}: unknown option '{key}'")
+            raise UsageError(f"{where}: unknown option {show(key)}")
     return normalised
 
 
-def _convert(option: Option, raw: Any, source: str) -> Any:
+def _read_config_bytes(path: str, where: str) -> bytes:
+    """The file's bytes; a FIFO, device or directory is refused without ever blocking on it."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise UsageError(f"{where}: no such file") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise UsageError(f"{where}: cannot open it: {reason}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise UsageError(f"{where}: {what}; give the path of a TOML file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise UsageError(f"{where}: {st.st_size} bytes is not a config file (limit 1 MiB)")
+        chunks = []
+        total = 0
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > MAX_CONFIG_BYTES:  # it grew while we read it
+                raise UsageError(f"{where}: more than 1 MiB is not a config file")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read it: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _convert(option: Option[Any], raw: Any, source: str) -> Any:
     values = raw if option.repeat else [raw]
     parsed = []
     for index, value in enumerate(values):
         try:
-            if option.name == "listen":
-                parsed.append(parse_listen(str(value), index))
+            if option is Config.listen:  # default names listen0, listen1 … count the items
+                parsed.append(parse_listen(value, index))
             else:
                 parsed.append(option.parse(value))
         except BadValue as exc:
-            raise UsageError(f"{source}: invalid value '{value}': {exc}") from None
+            raise UsageError(f"{source}: invalid value {show(value)}: {exc}") from None
     return tuple(parsed) if option.repeat else parsed[0]
 
 
@@ -327,14 +508,32 @@ def build_config(
             values[option.name] = _convert(option, raw_file, f"{config_path}: {option.name}")
     argv_command = tuple(command)
     if not argv_command and "command" in file_values:
-        raw_command = file_values["command"]
-        if not isinstance(raw_command, list) or not all(isinstance(c, str) for c in raw_command):
-            raise UsageError(f"{config_path}: command: use a list of strings")
-        argv_command = tuple(raw_command)
+        argv_command = _file_command(file_values["command"], str(config_path))
     if require_command and not argv_command:
         raise UsageError("no program given: hotswapd [OPTIONS] -- PROGRAM [ARGS...]")
     _check_listen_names(values.get("listen", ()))
+    _apply_privilege_default(values)
     return Config(argv_command, **values)
+
+
+def _file_command(raw: object, config_path: str) -> tuple[str, ...]:
+    words = raw if isinstance(raw, list) else None
+    if not words or not all(isinstance(word, str) and "\0" not in word for word in words):
+        raise UsageError(f"{config_path}: command: use a non-empty list of strings")
+    return tuple(words)
+
+
+def _apply_privilege_default(values: dict[str, Any]) -> None:
+    """A --user child gets no_new_privs unless --allow-new-privs says otherwise.
+
+    Dropping to a uid keeps the capability bounding set full, so without it a setuid-root
+    (or file-capability) program in the image hands root back to the child.
+    """
+    if values.get("allow_new_privs"):
+        if values.get("no_new_privs"):
+            raise UsageError("--no-new-privs and --allow-new-privs contradict each other")
+    elif values.get("user"):
+        values["no_new_privs"] = True
 
 
 def _check_listen_names(specs: Sequence[ListenSpec]) -> None:
@@ -347,7 +546,8 @@ def _check_listen_names(specs: Sequence[ListenSpec]) -> None:
 
 def parse_run_args(argv: Sequence[str], require_command: bool = True) -> Config:
     """Parse run-mode arguments into a Config (shared with doctor)."""
-    import os
-
     flags, command = parse_flags(argv)
     return build_config(flags, command, os.environ, require_command=require_command)
+
+
+__all__ = ["Config", "ListenSpec", "MemoryGrowth", "Option", "WatchSpec"]

@@ -93,21 +93,26 @@ def _check_path(path: str, shown: str) -> str:
 
 
 def resolve_user(text: str) -> Credentials:
-    """Resolve `NAME[:GROUP]` (or numeric ids) before any fork."""
+    """Resolve `NAME[:GROUP]` (or numeric ids) before any fork.
+
+    `text` passed values.parse_user, so numeric ids are ASCII digits in uid_t's range.
+    """
     import grp
     import pwd
 
     user, _, group = text.partition(":")
+    numeric_user = user.isascii() and user.isdigit()
     try:
-        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        entry = pwd.getpwuid(int(user)) if numeric_user else pwd.getpwnam(user)
         uid, gid, name = entry.pw_uid, entry.pw_gid, entry.pw_name
     except KeyError:
-        if not user.isdigit():
+        if not numeric_user:
             raise SpawnError(f"--user: no user '{user}' in /etc/passwd", EXIT_FAILURE) from None
         uid, gid, name = int(user), int(user), user
     if group:
         try:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+            numeric_group = group.isascii() and group.isdigit()
+            gid = int(group) if numeric_group else grp.getgrnam(group).gr_gid
         except KeyError:
             raise SpawnError(f"--user: no group '{group}' in /etc/group", EXIT_FAILURE) from None
     try:

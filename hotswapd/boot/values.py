@@ -6,21 +6,26 @@ Each is a small immutable record (`Record`): a frozen dataclass would import
 
 from __future__ import annotations
 
+# _socket, not socket: inet_pton checks IP literal syntax exactly as the kernel will read
+# it, and the socket module builds enums at import (see boot/listeners.py).
+import _socket
 import os
 
 from hotswapd.boot.units import (
     BadValue,
     format_size,
-    parse_signal,
+    is_finite,
+    need_str,
     parse_size,
     plain_number,
+    signal_for,
     signal_name,
 )
 
 TYPE_CHECKING = False  # see config.py
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, Literal
+    from typing import Literal
 
 PROBE_LISTENER_NAME = "probe"
 
@@ -62,8 +67,9 @@ class ListenSpec(Record):
     path: str  # unix socket path
     url: str
 
-    def __init__(self, name: str, kind: Literal["tcp", "unix"], host: str, port: int, path: str,
-                 url: str) -> None:  # fmt: skip
+    def __init__(
+        self, name: str, kind: Literal["tcp", "unix"], host: str, port: int, path: str, url: str
+    ) -> None:
         self._set(name=name, kind=kind, host=host, port=port, path=path, url=url)
 
 
@@ -75,8 +81,9 @@ class WatchSpec(Record):
     action: Literal["swap", "signal"]
     signal: int | None
 
-    def __init__(self, path: str, action: Literal["swap", "signal"],
-                 signal: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, path: str, action: Literal["swap", "signal"], signal: int | None = None
+    ) -> None:
         self._set(path=path, action=action, signal=signal)
 
     def describe(self) -> str:
@@ -112,19 +119,39 @@ class MemoryGrowth(Record):
             parts.append(f"+{format_size(self.allowance)}")
         return " and ".join(parts) if parts else "off"
 
+    def spec(self) -> str:
+        """The rule as --max-memory-growth spells it (1.5+32MiB), for --help."""
+        parts = []
+        if self.ratio is not None:
+            parts.append(f"{self.ratio:g}")
+        if self.allowance is not None:
+            parts.append(_spell_size(self.allowance))
+        return "+".join(parts) if parts else "off"
+
+
+def _spell_size(size: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
 
 DEFAULT_MEMORY_GROWTH = MemoryGrowth(ratio=1.5, allowance=32 * 1024 * 1024)
+MAX_ID = 2**32 - 2  # uid_t and gid_t; (uid_t)-1 means "leave unchanged" to setuid
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 
 
-def parse_memory_growth(text: str | float) -> MemoryGrowth:
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return MemoryGrowth(ratio=float(text), allowance=None)
-    raw = str(text).strip()
-    if raw.lower() in ("off", "none", "0"):
+def parse_memory_growth(value: object) -> MemoryGrowth:
+    hint = "use a ratio (1.5), a size (64MiB), both (1.5+32MiB), or off"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not is_finite(value):
+            raise BadValue(f"a ratio must be a finite number; {hint}")
+        value = str(value)
+    raw = need_str(value, hint).strip()
+    if raw.lower() in ("off", "none", "0", "0.0"):
         return MemoryGrowth(ratio=None, allowance=None)
     ratio: float | None = None
     allowance: int | None = None
-    hint = "use a ratio (1.5), a size (64MiB), both (1.5+32MiB), or off"
     for part in raw.split("+"):
         part = part.strip()
         as_ratio = plain_number(part[:-1] if part[-1:] in ("x", "X") else part)
@@ -143,16 +170,23 @@ def parse_memory_growth(text: str | float) -> MemoryGrowth:
 
 
 def _valid_name(name: str) -> bool:
-    return 0 < len(name) <= 255 and name.isascii() and all(
-        char.isalnum() or char in "_.-" for char in name
-    )  # fmt: skip
+    allowed = all(char.isalnum() or char in "_.-" for char in name)
+    return 0 < len(name) <= 255 and name.isascii() and allowed
 
 
-def parse_listen(text: str, index: int) -> ListenSpec:
+def _port(text: str) -> int | None:
+    """A TCP port 0-65535 written in ASCII digits, or None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
+        return None
+    port = int(text)
+    return port if port <= 65535 else None
+
+
+def parse_listen(value: object, index: int = 0) -> ListenSpec:
     """Parse `[NAME=]URL` where URL is tcp://HOST:PORT, tcp://:PORT, tcp://[::1]:PORT or unix:///path."""
     hint = "use [NAME=]tcp://HOST:PORT, tcp://:PORT, tcp://[::1]:PORT or unix:///path"
     name = f"listen{index}"
-    url = text.strip()
+    url = need_str(value, hint).strip()
     head, sep, rest = url.partition("=")
     if sep and "://" not in head:
         name, url = head, rest
@@ -164,87 +198,145 @@ def parse_listen(text: str, index: int) -> ListenSpec:
         path = url[len("unix://") :]
         if not path.startswith("/"):
             raise BadValue("unix socket paths must be absolute: unix:///run/app.sock; " + hint)
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            limit = f"at most {UNIX_PATH_MAX} bytes"
+            raise BadValue(f"a unix socket path is {limit} (the kernel's limit); use a shorter one")
         return ListenSpec(name=name, kind="unix", host="", port=0, path=path, url=url)
     if not url.startswith("tcp://"):
         raise BadValue(hint)
     hostport = url[len("tcp://") :]
     host, colon, port_text = hostport.rpartition(":")
-    if not colon or not port_text.isdigit() or len(port_text) > 5 or "/" in host:
+    if not colon or not (port_text.isascii() and port_text.isdigit()) or "/" in host:
         raise BadValue(hint)
     if host.startswith("["):
-        if not host.endswith("]") or ":" not in host:
+        if not host.endswith("]") or not _ipv6(host[1:-1]):
             raise BadValue(hint)
         host = host[1:-1]
     elif ":" in host or "[" in host or "]" in host:
         raise BadValue(hint)
-    port = int(port_text)
-    if port > 65535:
+    port = _port(port_text)
+    if port is None:
         raise BadValue("ports go from 0 to 65535")
     return ListenSpec(name=name, kind="tcp", host=host, port=port, path="", url=url)
 
 
-def parse_watch(text: str) -> WatchSpec:
+_WATCH_SIGNAL = signal_for("watch")
+
+
+def parse_watch(value: object) -> WatchSpec:
+    hint = "use PATH, PATH=swap or PATH=signal:NAME"
+    text = need_str(value, hint)
     path, sep, action = text.rpartition("=")
     if not sep or action.startswith("/") or not path:
         path, action = text, "swap"
     if not path:
-        raise BadValue("use PATH, PATH=swap or PATH=signal:NAME")
+        raise BadValue(hint)
     path = os.path.abspath(path)
     if action == "swap":
         return WatchSpec(path=path, action="swap")
     if action.startswith("signal:"):
-        return WatchSpec(path=path, action="signal", signal=parse_signal(action[len("signal:") :]))
+        return WatchSpec(path=path, action="signal", signal=_WATCH_SIGNAL(action[len("signal:") :]))
     raise BadValue("the action after '=' is swap or signal:NAME (e.g. signal:HUP)")
 
 
-def choice(*choices: str) -> Callable[[Any], str]:
-    def parse(text: Any) -> str:
-        value = str(text).strip().lower()
-        if value not in choices:
-            raise BadValue("use " + " or ".join(choices))
-        return value
+def choice(*choices: str) -> Callable[[object], str]:
+    hint = "use " + " or ".join(choices)
+
+    def parse(value: object) -> str:
+        chosen = need_str(value, hint).strip().lower()
+        if chosen not in choices:
+            raise BadValue(hint)
+        return chosen
 
     return parse
 
 
-def text(text: Any) -> str:
-    return str(text)
+def text(value: object) -> str:
+    return need_str(value, "give it as text")
 
 
-def health_path(text: Any) -> str:
-    value = str(text)
-    if not value.startswith("/"):
+def path_text(value: object) -> str:
+    """A filesystem path (or a word such as `off`): a non-empty string."""
+    path = need_str(value, 'give the path as text, e.g. "/run/hotswapd/control.sock"')
+    if not path.strip():
+        raise BadValue("the path is empty")
+    return path
+
+
+def parse_user(value: object) -> str:
+    """NAME[:GROUP] with numeric ids in range; the names are looked up before the first fork."""
+    hint = "use NAME, NAME:GROUP, UID or UID:GID"
+    raw = need_str(value, hint).strip()
+    user, sep, group = raw.partition(":")
+    if not user or (sep and not group) or ":" in group:
+        raise BadValue(hint)
+    for part in (user, group):
+        if part.isdigit() and (not part.isascii() or int(part) > MAX_ID):
+            raise BadValue(f"user and group ids go from 0 to {MAX_ID}")
+        if not part.isprintable() or " " in part:
+            raise BadValue(hint)
+    return raw
+
+
+def health_path(value: object) -> str:
+    path = need_str(value, "a health path starts with '/', e.g. /healthz")
+    if not path.startswith("/") or not path.isprintable():
         raise BadValue("a health path starts with '/', e.g. /healthz")
-    return value
+    return path
+
+
+def _ipv4(host: str) -> bool:
+    try:
+        _socket.inet_pton(_socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+def _ipv6(host: str) -> bool:
+    try:
+        _socket.inet_pton(_socket.AF_INET6, host)
+    except OSError:
+        return False
+    return True
 
 
 def _ip_literal(host: str) -> bool:
+    """An IPv4 address or a bracketed IPv6 one, in the syntax the kernel reads."""
     if host.startswith("[") and host.endswith("]"):
-        inner = host[1:-1]
-        return bool(inner) and all(char in "0123456789abcdefABCDEF:." for char in inner)
-    parts = host.split(".")
-    return len(parts) == 4 and all(part.isdigit() and int(part) < 256 for part in parts)
+        return _ipv6(host[1:-1])
+    return _ipv4(host)
 
 
-def health_url(text: Any) -> str:
-    value = str(text)
-    hint = ("use an IP literal URL such as http://127.0.0.1:9090/healthz "
-            "(hostnames would start resolver threads in PID 1)")  # fmt: skip
-    scheme, sep, rest = value.partition("://")
-    if scheme not in ("http", "https") or not sep:
+def health_url(value: object) -> str:
+    hint = (
+        "use an IP literal URL such as http://127.0.0.1:9090/healthz "
+        "(hostnames would start resolver threads in PID 1)"
+    )
+    url = need_str(value, hint)
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("http", "https") or not sep or not url.isprintable():
         raise BadValue(hint)
     authority = rest.split("/", 1)[0]
     host, colon, port = authority.rpartition(":")
-    if not colon or not port.isdigit() or not _ip_literal(host):
+    if not colon or not _ip_literal(host):
         raise BadValue(hint)
-    return value
+    if _port(port) is None:
+        raise BadValue("ports go from 0 to 65535; " + hint)
+    return url
 
 
-def host_port(text: Any) -> str:
-    value = str(text)
-    host, colon, port = value.rpartition(":")
-    if (not colon or not port.isdigit() or len(port) > 5
-            or not (host in ("", "localhost") or _ip_literal(host)
-                    or all(c.isdigit() or c == "." for c in host))):  # fmt: skip
-        raise BadValue("use HOST:PORT, e.g. 0.0.0.0:9100 or :9100")
-    return value
+def host_port(value: object) -> str:
+    """HOST:PORT for --metrics: an IP literal, localhost or nothing (every address)."""
+    hint = (
+        "use HOST:PORT with an IP address, e.g. 0.0.0.0:9100, 127.0.0.1:9100, [::1]:9100 or :9100"
+    )
+    address = need_str(value, hint).strip()
+    host, colon, port = address.rpartition(":")
+    if not colon:
+        raise BadValue(hint)
+    if _port(port) is None:
+        raise BadValue("ports go from 0 to 65535; " + hint)
+    if not (host in ("", "localhost") or _ip_literal(host)):
+        raise BadValue(f"'{host}' is not an IP address; {hint}")
+    return address

@@ -1,0 +1,133 @@
+"""Every socket hotswapd serves itself, tried before the first fork.
+
+The control socket and the metrics port are served only once the event loop runs,
+after generation 1 has started. A bad `--control-socket` or a taken `--metrics` port
+found then kills a server that had just started, without a drain. So the run mode
+binds each one here first, before anything is spawned: a failure is one line and
+exit 2, and whatever this module created (socket file, directories) is removed.
+
+For now each trial socket is closed again at once and `control/server.py` and
+`control/metrics.py` bind their own after the spawn (the window in between is a few
+milliseconds). Import-light: `_socket`, not `socket` (see boot/listeners.py).
+"""
+
+from __future__ import annotations
+
+import _socket
+import contextlib
+import os
+
+from hotswapd.boot import control_paths
+from hotswapd.errors import UsageError
+from hotswapd.host.unixsock import socket_state
+
+TYPE_CHECKING = False  # see config.py
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from hotswapd.boot.config import Config
+
+BACKLOG = 64
+
+
+def check_all(config: Config, environ: Mapping[str, str]) -> None:
+    """Bind (and release) the explicit control socket and the metrics port, or raise UsageError."""
+    problem = control_paths.validate(config, environ)
+    if problem:
+        raise UsageError(problem)
+    path, explicit = control_paths.server_path(config, environ)
+    if explicit and path is not None:
+        _close(try_control(path))
+    if config.metrics is not None:
+        bind_metrics(config.metrics).close()
+
+
+def try_control(path: str) -> tuple[_socket.socket, str, list[str]]:
+    """Bind a 0600 unix socket at `path` as the control server will; (sock, path, dirs made)."""
+    made = _make_dirs(os.path.dirname(path), path)
+    if socket_state(path) == "stale":  # a dead hotswapd's: the control server replaces it too
+        os.unlink(path)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)  # no threads before the spawn: the umask is ours alone
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        _remove_dirs(made)
+        raise UsageError(
+            f"--control-socket {path}: cannot create it: {exc.strerror or exc} "
+            "(choose a directory this user can write, or --control-socket off)"
+        ) from None
+    return sock, path, made
+
+
+def _make_dirs(directory: str, path: str) -> list[str]:
+    """Create the missing directories (0700) up to `directory`; the ones made, deepest first."""
+    missing: list[str] = []
+    while directory and not os.path.isdir(directory):
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    made: list[str] = []
+    for each in reversed(missing):
+        try:
+            os.mkdir(each, 0o700)
+        except OSError as exc:
+            _remove_dirs(made)
+            raise UsageError(
+                f"--control-socket {path}: cannot create {each}: {exc.strerror} "
+                "(choose a directory this user can write, or --control-socket off)"
+            ) from None
+        made.insert(0, each)
+    return made
+
+
+def _remove_dirs(made: list[str]) -> None:
+    for directory in made:  # deepest first
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+
+
+def _close(bound: tuple[_socket.socket, str, list[str]]) -> None:
+    """Release a trial control socket: close it, unlink its file, remove directories made."""
+    sock, path, made = bound
+    sock.close()
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    _remove_dirs(made)
+
+
+def bind_metrics(address: str) -> _socket.socket:
+    """Bind HOST:PORT as control/metrics.py does (":9100" every address, localhost 127.0.0.1).
+
+    `address` has been checked by values.host_port: an IP literal, localhost or empty
+    host, and a port 0-65535.
+    """
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    host = "127.0.0.1" if host == "localhost" else host
+    if host == "":
+        dual = _socket.has_ipv6 and os.path.exists("/proc/net/if_inet6")
+        family, host = (_socket.AF_INET6, "::") if dual else (_socket.AF_INET, "0.0.0.0")
+    else:
+        family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        if family == _socket.AF_INET6 and host == "::":
+            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0)
+        # bytes, not str: a str host loads the idna codec before the spawn
+        sock.bind((host.encode("ascii"), int(port_text)))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"--metrics {address}: cannot listen: {exc.strerror or exc} "
+            "(choose a free port on an address of this machine, e.g. --metrics :9100)"
+        ) from None
+    return sock
