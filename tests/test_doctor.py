@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import pwd
 import shlex
 import shutil
 import socket
@@ -225,3 +226,94 @@ def test_inotify_usage_counts_this_process() -> None:
     finally:
         os.close(fd)
     assert (after[0] - before[0], after[1] - before[1]) == (1, 3)
+
+
+def test_help_lists_the_run_options() -> None:
+    """`hotswapd doctor --help` prints its usage and the run mode's options, exit 0."""
+    code, lines = run_doctor(["--help"], namespace=False)
+    assert code == 0
+    assert lines[0] == "usage: hotswapd doctor [OPTIONS] [-- PROGRAM [ARGS...]]"
+    text = "\n".join(lines)
+    for option in ("--watch", "--watch-mode", "--control-socket", "--listen"):
+        assert option in text
+
+
+@pytest.mark.parametrize("mounted", ["app", "tmp"])
+def test_program_hidden_by_a_tmpfs(tmp_path: Path, program: Path, mounted: str) -> None:
+    """A tmpfs over the program's directory (or an ancestor, an emptyDir on /tmp) is named
+    as what hides the program, not just 'No such file or directory'."""
+    app = tmp_path / "tmp" / "app"
+    app.mkdir(parents=True)
+    shutil.copy2(program, app / "server")
+    point = app if mounted == "app" else app.parent
+    code, lines = run_doctor(["--", f"{app}/server"], f"mount -t tmpfs tmpfs {point}")
+    assert code == 1
+    assert line(lines, "fail  program:") == (
+        f"fail  program: {app}/server is hidden by the tmpfs mount on {point}: it exists "
+        f"underneath, where the image put it — mount the volume elsewhere, or install server "
+        f"outside {point}"
+    )
+
+
+def test_missing_program_without_a_mount_is_still_enoent(tmp_path: Path) -> None:
+    """A program that is simply absent gets the plain ENOENT line, no mount blamed."""
+    code, lines = run_doctor(["--", f"{tmp_path}/absent/server"])
+    assert code == 1
+    assert line(lines, "fail  program:") == (
+        f"fail  program: cannot run '{tmp_path}/absent/server': No such file or directory "
+        "— fix the path after '--'"
+    )
+
+
+def doctor_as_nobody_with_private_run(args: list[str]) -> tuple[int, list[str]]:
+    """Run doctor in a forked child that mounts a private tmpfs on /run holding a root-owned
+    0750 /run/hotswapd (as `--read-only --tmpfs /run/hotswapd` gives), then becomes nobody."""
+    libc: Any = ctypes.CDLL(None, use_errno=True)
+    account = pwd.getpwnam("nobody")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - reports through the pipe and its exit code
+        code = 99
+        try:
+            os.dup2(write_fd, 1)
+            os.dup2(write_fd, 2)
+            sys.stdout = sys.stderr = open(1, "w", closefd=False)  # noqa: SIM115 - fd 1 stays
+            assert libc.unshare(0x20000) == 0  # CLONE_NEWNS
+            assert libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None) == 0  # rprivate
+            assert libc.mount(b"tmpfs", b"/run", b"tmpfs", 0, b"mode=0755") == 0
+            os.mkdir("/run/hotswapd", 0o750)
+            os.setgroups([])
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            code = doctor.main(args)
+            sys.stdout.flush()
+        except BaseException:  # noqa: BLE001 - a crash is the finding: print it, exit 98
+            import traceback
+
+            traceback.print_exc()
+            code = 98
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        output = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.splitlines()
+
+
+def test_unsearchable_control_dir_is_one_finding() -> None:
+    """A root-owned 0750 /run/hotswapd seen by another uid: one clear line, no traceback
+    (explicit path: fail; default path: skipped, the next default is used and said why)."""
+    code, lines = doctor_as_nobody_with_private_run(
+        ["--control-socket", "/run/hotswapd/control.sock"]
+    )
+    assert code == 1, lines
+    assert line(lines, "fail  control:") == (
+        "fail  control: cannot look at /run/hotswapd/control.sock: Permission denied for uid "
+        "65534: /run/hotswapd is not searchable (owner uid 0, mode 0750) — give "
+        "--control-socket a path in a directory uid 65534 can write"
+    )
+    code, lines = doctor_as_nobody_with_private_run([])
+    assert code == 0, lines
+    found = line(lines, "ok    control: /tmp/hotswapd-65534/control.sock will be created")
+    assert "(skipped /run/hotswapd/control.sock: /run/hotswapd is owned by uid 0" in found

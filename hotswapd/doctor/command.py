@@ -30,7 +30,7 @@ import stat
 from collections.abc import Iterator
 
 from hotswapd.boot.config import Config, parse_run_args
-from hotswapd.boot.control_paths import dir_problem, server_path
+from hotswapd.boot.control_paths import default_choice, server_path, server_problem
 from hotswapd.boot.spawn import resolve_program
 from hotswapd.boot.units import format_size
 from hotswapd.doctor.findings import Finding, read_text, status_field
@@ -273,35 +273,28 @@ def _unreachable(path: str, exc: OSError) -> str:
 
 
 def check_control(config: Config) -> Iterator[Finding]:
+    """The run mode's own choice: an explicit path must pass `server_problem` (else exit 2),
+    a default one is the first usable of the defaults, each skipped one said why."""
     path, explicit = server_path(config, os.environ)
+    skipped = [] if explicit else default_choice(os.environ)[1]
+    passed = f" (skipped {'; '.join(skipped)})" if skipped else ""
     if path is None:
         yield Finding(
             "warn",
             "control",
-            "control socket off or no writable runtime directory: "
-            "`hotswapd ctl` and `deploy` cannot reach hotswapd",
-            "give --control-socket PATH in a writable directory",
+            "control socket off or no usable runtime directory: "
+            f"`hotswapd ctl` and `deploy` cannot reach hotswapd{passed}",
+            "give --control-socket PATH in a directory only this user can write",
         )
-        return
-    directory = os.path.dirname(path)
-    judged = not explicit or os.path.basename(directory) == "hotswapd"
-    problem = dir_problem(directory) if judged else None
-    if problem:
-        yield Finding("fail", "control", problem, f"remove {directory} or choose another path")
         return
     try:
         state = socket_state(path)
         mode = stat.S_IMODE(os.stat(path).st_mode) if state == "live" else 0
-    except OSError as exc:  # a root-owned 0750 /run/hotswapd seen by another uid
-        if explicit:
-            fix = f"give --control-socket a path in a directory uid {os.geteuid()} can write"
-        else:
-            fix = "run as the directory's owner, or give --control-socket PATH in a writable one"
-        yield Finding("fail" if explicit else "warn", "control", _unreachable(path, exc), fix)
+    except OSError as exc:  # a root-owned 0750 /run/hotswapd, seen by another uid
+        fix = f"give --control-socket a path in a directory uid {os.geteuid()} can write"
+        yield Finding("fail", "control", _unreachable(path, exc), fix)
         return
-    if state == "not-a-socket":
-        yield Finding("fail", "control", f"{path} exists and is not a socket", "remove it")
-    elif state == "live":
+    if state == "live":
         level = "fail" if mode & 0o077 else "ok"
         yield Finding(
             level,
@@ -309,9 +302,13 @@ def check_control(config: Config) -> Iterator[Finding]:
             f"a hotswapd is listening on {path} (mode {mode:04o})",
             "chmod 600 it; any user who can connect can swap" if level == "fail" else "",
         )
-    else:
-        stale = " (replacing a stale socket)" if state == "stale" else ""
-        yield Finding("ok", "control", f"{path} will be created mode 0600{stale}")
+        return
+    problem = server_problem(path) if explicit else None
+    if problem:
+        yield Finding("fail", "control", problem.removeprefix("--control-socket "))
+        return
+    stale = " (replacing a stale socket)" if state == "stale" else ""
+    yield Finding("ok", "control", f"{path} will be created mode 0600{stale}{passed}")
 
 
 def diagnose(config: Config) -> list[Finding]:
