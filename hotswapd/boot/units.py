@@ -92,6 +92,8 @@ def parse_duration(value: object) -> float:
             raise BadValue(f"a duration must be a finite number; {hint}")
     else:
         raw = need_str(value, hint).strip().lower()
+        if raw.startswith("-"):
+            raise BadValue("durations cannot be negative")
         divisor = 1.0
         for unit, unit_divisor in _DURATION_UNITS:
             if raw.endswith(unit):
