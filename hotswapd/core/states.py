@@ -7,6 +7,16 @@ Supervisor:   STARTING → RUNNING ⇄ SWAPPING
 Generation:   CANDIDATE → ACTIVE → DRAINING → EXITED    (a committed swap)
               CANDIDATE → ROLLED_BACK → EXITED          (a failed gate)
               ACTIVE → STOPPING → EXITED                (hotswapd stops)
+
+Three facts look like sub-states but are kept as data, on purpose:
+- a queued follow-up swap (`Supervisor.follow_up`) is a request waiting its turn, not a
+  mode: while SWAPPING, any request is either coalesced into it or refused;
+- a restart due during a swap (`Supervisor.restart_pending`) must not end SWAPPING: the
+  transaction still owns its candidate and rolls it back or commits it; the restart runs
+  when its timer fires (RESTARTING when no swap runs, else inside SWAPPING);
+- whether a swap has committed (`SwapTransaction.committed`) is the transaction's own
+  phase: after it, the old generation drains and nothing can roll the swap back.
+Each is covered by an in-process test of the state machine (tests/test_supervisor.py).
 """
 
 import enum

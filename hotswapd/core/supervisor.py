@@ -9,16 +9,15 @@ narrow hooks a swap transaction is given (`launch_candidate`, `commit`).
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, assert_never
 
 from hotswapd.boot import signals as sigs
 from hotswapd.boot.config import Config
-from hotswapd.boot.launch import Spawned, launch
+from hotswapd.boot.launch import Spawned
 from hotswapd.boot.listeners import Listener
 from hotswapd.boot.spawn import Credentials
 from hotswapd.core.events import (
@@ -37,21 +36,15 @@ from hotswapd.core.events import (
     SwapRequested,
 )
 from hotswapd.core.generation import Generation
-from hotswapd.core.reaper import Reaper, group_alive
+from hotswapd.core.processes import Processes
+from hotswapd.core.reaper import group_alive
+from hotswapd.core.restart import Backoff, is_transient
 from hotswapd.core.states import TRANSITIONS, GenState, State
-from hotswapd.core.stop import send, stop_generation
+from hotswapd.core.stop import stop_generation
 from hotswapd.core.swap import SwapTransaction
 from hotswapd.errors import EXIT_FAILURE, SpawnError, describe_status, exit_status
 from hotswapd.gates.notify import NotifySocket
 from hotswapd.host.hashing import file_sha256
-
-RESTART_BACKOFF_START_S = 0.1  # first restart delay for --on-exit restart
-RESTART_BACKOFF_CAP_S = 30.0  # a crash loop settles at one attempt per 30 s
-RESTART_HEALTHY_RUN_S = 10.0  # a run this long resets the backoff
-# Spawn errors that pass by themselves: a build still writing the file, a full process
-# table or fd table. Anything else (missing, not executable) ends a restart loop.
-_TRANSIENT_SPAWN_ERRORS = {errno.ETXTBSY, errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
-
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
@@ -67,14 +60,16 @@ class Supervisor:
         environ: dict[str, str],
         credentials: Credentials | None,
         log: Any,
+        processes: Processes | None = None,
     ) -> None:
+        self.processes = processes or Processes()
         self.config = config
         self.listeners = listeners
         self.environ = environ
         self.credentials = credentials
         self.log = log
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.reaper = Reaper(self._child_exited)
+        self.reaper = self.processes.reaper(self._child_exited)
         first = Generation.from_spawned(spawned)
         self.state = State.STARTING
         self.generations: dict[int, Generation] = {first.number: first}
@@ -88,7 +83,7 @@ class Supervisor:
         self.swap_count = 0
         self.counters = Counters()
         self.exit_code: int | None = None
-        self.restart_delay = RESTART_BACKOFF_START_S
+        self.backoff = Backoff()
         self.restart_pending = False
         self.is_pid1 = os.getpid() == 1
         self.session: Any = None
@@ -182,6 +177,8 @@ class Supervisor:
                 self.handle_stop_finished(event)
             case StopRequested():
                 self.handle_stop_requested(event)
+            case _:
+                assert_never(event)
 
     async def _close(self) -> None:
         for task in list(self._tasks):
@@ -209,7 +206,7 @@ class Supervisor:
         if self.state is State.STOPPING:
             # A second TERM while stopping is forwarded again, as tini does.
             for gen in self._live():
-                send(gen.pid, sig)
+                self.processes.send(gen.pid, sig)
             return
         self._forward(sig)
         if sig == signal.SIGTSTP and not self.is_pid1:
@@ -217,7 +214,7 @@ class Supervisor:
 
     def _forward(self, sig: int) -> None:
         gen = self.active
-        if gen.alive and send(gen.pid, sig):
+        if gen.alive and self.processes.send(gen.pid, sig):
             self.counters.signals_forwarded += 1
             self.log.debug(
                 "signal_forwarded", signal=sigs.name(sig), generation=gen.number, pid=gen.pid
@@ -394,25 +391,28 @@ class Supervisor:
     # ---------------------------------------------------------------- swap hooks
 
     def launch_candidate(self, exec_fd: int | None, executable: str | None) -> Generation:
+        return self._launch(exec_fd, executable)
+
+    def _launch(self, exec_fd: int | None = None, executable: str | None = None) -> Generation:
+        """Spawn the next generation (a swap's candidate or a restart) and register it."""
         number = self.next_number
         notify = NotifySocket(number) if self.config.ready == "notify" else None
         try:
-            gen = Generation.from_spawned(
-                launch(
-                    self.config,
-                    self.listeners,
-                    number,
-                    self.environ,
-                    self.credentials,
-                    notify=notify,
-                    exec_fd=exec_fd,
-                    executable=executable,
-                )
+            spawned = self.processes.launch(
+                self.config,
+                self.listeners,
+                number,
+                self.environ,
+                self.credentials,
+                notify=notify,
+                exec_fd=exec_fd,
+                executable=executable,
             )
         except BaseException:
             if notify is not None:
                 notify.close()
             raise
+        gen = Generation.from_spawned(spawned)
         self.next_number += 1
         self.generations[number] = gen
         self.attach(gen)
@@ -424,7 +424,7 @@ class Supervisor:
         old.state = GenState.DRAINING
         candidate.state = GenState.ACTIVE
         self.active = candidate
-        send(old.pid, self.config.drain_signal)  # first: nothing may delay the cutover
+        self.processes.send(old.pid, self.config.drain_signal)  # first: nothing may delay it
         prev, self.previous = self.previous, old
         if prev is not None and prev is not old:
             # Closing the last fd of a replaced binary frees it inside close(2), which takes
@@ -449,10 +449,7 @@ class Supervisor:
             self.swap.abort("the active generation exited")
             return  # handle_swap_finished re-applies --on-exit once the candidate is gone
         ran_for = time.monotonic() - gen.started_mono
-        if ran_for >= RESTART_HEALTHY_RUN_S:
-            self.restart_delay = RESTART_BACKOFF_START_S
-        delay = self.restart_delay
-        self.restart_delay = min(self.restart_delay * 2, RESTART_BACKOFF_CAP_S)
+        delay = self.backoff.after_exit(ran_for)
         if self.state is not State.SWAPPING:
             self._transition(State.RESTARTING)
         # During a committed swap's drain the restart does not wait for the drain: the old
@@ -471,26 +468,12 @@ class Supervisor:
     def handle_restart_due(self, event: RestartDue) -> None:
         if not self.restart_pending or self.state not in (State.RESTARTING, State.SWAPPING):
             return
-        number = self.next_number
-        notify = NotifySocket(number) if self.config.ready == "notify" else None
         try:
-            gen = Generation.from_spawned(
-                launch(
-                    self.config,
-                    self.listeners,
-                    number,
-                    self.environ,
-                    self.credentials,
-                    notify=notify,
-                )
-            )
+            gen = self._launch()
         except SpawnError as exc:
-            if notify is not None:
-                notify.close()
-            if exc.errno in _TRANSIENT_SPAWN_ERRORS:
+            if is_transient(exc.errno):
                 # A writer still holds the file, or a limit is reached for now: try again.
-                delay = self.restart_delay
-                self.restart_delay = min(self.restart_delay * 2, RESTART_BACKOFF_CAP_S)
+                delay = self.backoff.next()
                 self.log.warning("restart_retry", error=str(exc), delay_s=round(delay, 3))
                 asyncio.get_running_loop().call_later(delay, self.post, RestartDue())
                 return
@@ -502,13 +485,10 @@ class Supervisor:
             self._begin_stop(signal.SIGTERM, exit_code=exc.exit_code)
             return
         self.restart_pending = False
-        self.next_number += 1
         old = self.active
-        self.generations[number] = gen
         gen.state = GenState.ACTIVE
         self.active = gen
         self._forget(old)
-        self.attach(gen)
         self.counters.restarts += 1
         self.log.info("restarted", generation=gen.number, pid=gen.pid)
         if self.state is State.RESTARTING:
