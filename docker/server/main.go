@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -16,9 +15,10 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
+
+	"hotswapd.example/hotswap"
 )
 
 // Build-time knobs, set with -ldflags "-X main.<name>=<value>". They are strings
@@ -35,53 +35,15 @@ var (
 // ballast keeps the memory-hog allocation referenced so the GC never frees it.
 var ballast []byte
 
-// listenFdsStart is SD_LISTEN_FDS_START: inherited sockets start after stdio.
-const listenFdsStart = 3
-
-// listenNames applies the socket-activation convention to an environment. It
-// returns one name per inherited fd (fd 3, 4, ...), or nil when the sockets are
-// not meant for this process: LISTEN_PID absent or naming another pid (a parent
-// that leaked its own LISTEN_* into our environment). Missing names are "unknown".
-func listenNames(getenv func(string) string, pid int) ([]string, error) {
-	lp, err := strconv.Atoi(getenv("LISTEN_PID"))
-	if err != nil || lp != pid {
-		return nil, nil
-	}
-	n, err := strconv.Atoi(getenv("LISTEN_FDS"))
-	if err != nil || n < 0 {
-		return nil, fmt.Errorf("LISTEN_FDS=%q is not a count of sockets", getenv("LISTEN_FDS"))
-	}
-	if n == 0 {
-		return nil, nil
-	}
-	var given []string
-	if s := getenv("LISTEN_FDNAMES"); s != "" {
-		given = strings.Split(s, ":")
-	}
-	names := make([]string, n)
-	for i := range names {
-		names[i] = "unknown"
-		if i < len(given) && given[i] != "" {
-			names[i] = given[i]
-		}
-	}
-	return names, nil
-}
-
-// listeners adopts the inherited sockets, or binds addr when there are none.
-// It returns the listeners and a description for the start-up log line.
+// listeners returns every socket the server inherited, or its own bind of addr
+// when it inherited none, and a description for the start-up log line.
 func listeners(addr string) ([]net.Listener, string, error) {
-	names, err := listenNames(os.Getenv, os.Getpid())
-	// Unset in every case: these values describe our fds and must not leak
-	// into anything we start (its pid would never match anyway).
-	for _, k := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
-		os.Unsetenv(k)
-	}
+	sockets, err := hotswap.Listeners()
 	if err != nil {
 		return nil, "", err
 	}
-	if names == nil {
-		ln, err := net.Listen("tcp", addr)
+	if len(sockets) == 0 {
+		ln, err := hotswap.Listen("http", addr) // nothing inherited: binds addr
 		if err != nil {
 			return nil, "", err
 		}
@@ -89,40 +51,24 @@ func listeners(addr string) ([]net.Listener, string, error) {
 	}
 	var lns []net.Listener
 	var desc []string
-	for i, name := range names {
-		fd := listenFdsStart + i
-		f := os.NewFile(uintptr(fd), name)
-		// FileListener works for TCP and unix sockets and returns a close-on-exec
-		// dup, so closing the original keeps fd 3.. out of our own children. The
-		// socket itself stays open in the supervisor and the other generation.
-		ln, err := net.FileListener(f)
-		f.Close()
-		if err != nil {
-			return nil, "", fmt.Errorf("inherited fd %d (%s) is not a listening socket: %w", fd, name, err)
-		}
-		lns = append(lns, ln)
-		desc = append(desc, fmt.Sprintf("%s(fd %d)", name, fd))
+	for _, s := range sockets {
+		lns = append(lns, s.Listener)
+		desc = append(desc, fmt.Sprintf("%s(fd %d)", s.Name, s.FD))
 	}
 	return lns, strings.Join(desc, ","), nil
 }
 
-// app is the HTTP handler. One instance serves every listener, so the private
-// "probe" listener the supervisor health-checks answers exactly like the public one.
+// app is the HTTP handler. One instance serves every listener, so each of
+// them (a private "probe" listener for the health check too) answers alike.
 type app struct {
 	version, pid string
 	healthz      string
-	draining     atomic.Bool
 }
 
 func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("X-Version", a.version)
 	h.Set("X-Pid", a.pid)
-	if a.draining.Load() {
-		// Tell keep-alive clients to reconnect: their next connection lands on
-		// the shared socket, where the new generation accepts it.
-		h.Set("Connection", "close")
-	}
 	switch r.URL.Path {
 	case "/":
 		fmt.Fprintf(w, "hello from %s pid %s\n", a.version, a.pid)
@@ -144,46 +90,6 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "slept %s in %s pid %s\n", d, a.version, a.pid)
 	default:
 		http.NotFound(w, r)
-	}
-}
-
-// drain stops the server without losing a request and returns the exit status.
-//
-// Why not just Shutdown: it closes idle keep-alive connections at once, under
-// the feet of clients that are just sending on them, which loses one request
-// per such connection. So first, for the drain window, every response says
-// "Connection: close", and clients move to new connections on the shared socket.
-// SetKeepAlivesEnabled(false) comes only after the window because it, too,
-// closes idle connections immediately.
-func drain(srv *http.Server, a *app, notify string, window, timeout time.Duration) int {
-	a.draining.Store(true)
-	sdNotify(notify, "STOPPING=1")
-	time.Sleep(window)
-	srv.SetKeepAlivesEnabled(false)
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		log.Printf("shutdown after %s: %v; closing the remaining connections", timeout, err)
-		srv.Close()
-		return 1
-	}
-	log.Printf("drained; exiting 0")
-	return 0
-}
-
-// sdNotify sends one sd_notify datagram. Go maps a leading '@' to an abstract
-// socket name. A failure is logged, never fatal: readiness is advisory.
-func sdNotify(sock, state string) {
-	if sock == "" {
-		return
-	}
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err == nil {
-		_, err = c.Write([]byte(state))
-		c.Close()
-	}
-	if err != nil {
-		log.Printf("sd_notify %s: %v", sock, err)
 	}
 }
 
@@ -243,15 +149,11 @@ func main() {
 	}
 	addr := flag.String("addr", defAddr, "address to bind when no sockets are inherited (env ADDR)")
 	window := flag.Duration("drain-window", envDuration("DRAIN_WINDOW", 300*time.Millisecond),
-		"how long to answer with Connection: close before shutting down (env DRAIN_WINDOW)")
-	timeout := flag.Duration("shutdown-timeout", 25*time.Second, "how long to wait for in-flight requests")
+		"the longest time to answer with Connection: close before shutting down; 0s: plain Shutdown (env DRAIN_WINDOW)")
+	timeout := flag.Duration("shutdown-timeout", envDuration("SHUTDOWN_TIMEOUT", 25*time.Second),
+		"how long to wait for in-flight requests after the window (env SHUTDOWN_TIMEOUT)")
 	config := flag.String("config", "", "a file re-read on SIGHUP")
 	flag.Parse()
-
-	// Read once and unset, as sd_notify(unset_environment=1) does, so children
-	// of ours do not report to our supervisor.
-	notify := os.Getenv("NOTIFY_SOCKET")
-	os.Unsetenv("NOTIFY_SOCKET")
 
 	a := &app{version: version, pid: strconv.Itoa(pid), healthz: knob("SERVER_HEALTHZ", healthz)}
 	if s := knob("SERVER_ALLOC_MIB", allocMiB); s != "0" {
@@ -288,26 +190,34 @@ func main() {
 		fatalf("listeners: %v", err)
 	}
 	srv := &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second}
-	for _, ln := range lns {
-		go func(ln net.Listener) {
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-				log.Printf("serve %s: %v", ln.Addr(), err)
-				os.Exit(1)
-			}
-		}(ln)
+	drain := hotswap.Drain{Window: *window, Timeout: *timeout}
+	if *window == 0 {
+		drain.Window = -1 // the flag's 0s is no window; the package's zero is its default
 	}
+	ctx, stop := context.WithCancel(context.Background())
+	go func() {
+		for sig := range sigs {
+			switch {
+			case sig == syscall.SIGHUP:
+				reload(*config)
+			case ctx.Err() == nil: // a second stop signal changes nothing
+				log.Printf("%v: draining (Connection: close for %s, then shutdown within %s)", sig, *window, *timeout)
+				stop()
+			}
+		}
+	}()
+
 	// The sockets are already listening (the kernel queues connections), so
-	// the server is ready as soon as the accept loops are started.
+	// the server is ready before Serve starts the accept loops.
 	log.Printf("serving on %s", desc)
-	sdNotify(notify, fmt.Sprintf("READY=1\nSTATUS=serving %s\nMAINPID=%d", version, pid))
+	if err := hotswap.Notify(fmt.Sprintf("READY=1\nSTATUS=serving %s\nMAINPID=%d", version, pid)); err != nil {
+		log.Printf("sd_notify: %v", err) // advisory: the health check still decides
+	}
 	fmt.Printf("ready pid=%d version=%s\n", pid, version) // os.Stdout is unbuffered
 
-	for sig := range sigs {
-		if sig == syscall.SIGHUP {
-			reload(*config)
-			continue
-		}
-		log.Printf("%v: draining (Connection: close for %s, then shutdown within %s)", sig, *window, *timeout)
-		os.Exit(drain(srv, a, notify, *window, *timeout))
+	if err := drain.Serve(ctx, srv, lns...); err != nil {
+		log.Printf("%v", err)
+		os.Exit(1)
 	}
+	log.Printf("drained; exiting 0")
 }

@@ -1,40 +1,26 @@
 package main
 
 import (
+	"bufio"
+	"io"
 	"net/http"
 	"net/http/httptest"
-	"reflect"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
-func TestListenNames(t *testing.T) {
-	const pid = 4242
-	cases := []struct {
-		name    string
-		env     map[string]string
-		want    []string
-		wantErr bool
-	}{
-		{"absent", map[string]string{}, nil, false},
-		{"other pid", map[string]string{"LISTEN_PID": "1", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "http:probe"}, nil, false},
-		{"bad pid", map[string]string{"LISTEN_PID": "x", "LISTEN_FDS": "1"}, nil, false},
-		{"zero fds", map[string]string{"LISTEN_PID": "4242", "LISTEN_FDS": "0"}, nil, false},
-		{"named", map[string]string{"LISTEN_PID": "4242", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "http:probe"}, []string{"http", "probe"}, false},
-		{"names short", map[string]string{"LISTEN_PID": "4242", "LISTEN_FDS": "3", "LISTEN_FDNAMES": "http"}, []string{"http", "unknown", "unknown"}, false},
-		{"names missing", map[string]string{"LISTEN_PID": "4242", "LISTEN_FDS": "1"}, []string{"unknown"}, false},
-		{"empty name", map[string]string{"LISTEN_PID": "4242", "LISTEN_FDS": "2", "LISTEN_FDNAMES": ":probe"}, []string{"unknown", "probe"}, false},
-		{"bad count", map[string]string{"LISTEN_PID": "4242", "LISTEN_FDS": "two"}, nil, true},
-		{"negative count", map[string]string{"LISTEN_PID": "4242", "LISTEN_FDS": "-1"}, nil, true},
+// TestMain runs main itself when re-executed as a child by TestServerDrainsOnSIGTERM.
+func TestMain(m *testing.M) {
+	if os.Getenv("EXAMPLE_SERVER_CHILD") == "1" {
+		os.Args = append([]string{os.Args[0]}, strings.Fields(os.Getenv("EXAMPLE_SERVER_ARGS"))...)
+		main()
+		return
 	}
-	for _, c := range cases {
-		got, err := listenNames(func(k string) string { return c.env[k] }, pid)
-		if (err != nil) != c.wantErr {
-			t.Errorf("%s: err = %v, want error %v", c.name, err, c.wantErr)
-		}
-		if !reflect.DeepEqual(got, c.want) {
-			t.Errorf("%s: names = %q, want %q", c.name, got, c.want)
-		}
-	}
+	os.Exit(m.Run())
 }
 
 func get(t *testing.T, a *app, path string) *http.Response {
@@ -44,21 +30,8 @@ func get(t *testing.T, a *app, path string) *http.Response {
 	return rec.Result()
 }
 
-func TestDrainingSetsConnectionClose(t *testing.T) {
-	a := &app{version: "v9", pid: "7", healthz: "ok"}
-	if got := get(t, a, "/").Header.Get("Connection"); got != "" {
-		t.Fatalf("before drain: Connection = %q, want none", got)
-	}
-	a.draining.Store(true)
-	for _, p := range []string{"/", "/version", "/healthz", "/missing"} {
-		res := get(t, a, p)
-		if got := res.Header.Get("Connection"); got != "close" {
-			t.Errorf("draining %s: Connection = %q, want close", p, got)
-		}
-	}
-}
-
 func TestRoutesAndHeaders(t *testing.T) {
+	// Every route answers with the version and pid headers; healthz=fail answers 503.
 	a := &app{version: "v9", pid: "7", healthz: "ok"}
 	for path, want := range map[string]string{"/": "hello from v9 pid 7\n", "/version": "v9\n", "/healthz": "ok\n"} {
 		rec := httptest.NewRecorder()
@@ -73,5 +46,98 @@ func TestRoutesAndHeaders(t *testing.T) {
 	a.healthz = "fail"
 	if res := get(t, a, "/healthz"); res.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("healthz=fail: status %d, want 503", res.StatusCode)
+	}
+	if res := get(t, a, "/sleep?d=2h"); res.StatusCode != http.StatusBadRequest {
+		t.Errorf("/sleep?d=2h: status %d, want 400", res.StatusCode)
+	}
+}
+
+func TestServerDrainsOnSIGTERM(t *testing.T) {
+	// Run on its own, the server binds -addr, reloads on SIGHUP, says Connection: close while draining, and exits 0.
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "EXAMPLE_SERVER_CHILD=1", "EXAMPLE_SERVER_ARGS=-addr 127.0.0.1:0 -drain-window 5s")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	errLines, outLines := lines(stderr), lines(stdout)
+	serving := wait(t, errLines, "serving on ")
+	addr := strings.TrimSuffix(serving[strings.Index(serving, "serving on ")+len("serving on "):], "(-addr)")
+	wait(t, outLines, "ready pid=")
+
+	// A keep-alive connection held open across the signal is told to close.
+	client := &http.Client{Timeout: 5 * time.Second}
+	if res := fetch(t, client, "http://"+addr+"/version"); res.Close {
+		t.Fatal("Connection: close before the drain")
+	}
+	cmd.Process.Signal(syscall.SIGHUP)
+	wait(t, outLines, "SIGHUP received")
+	cmd.Process.Signal(syscall.SIGTERM)
+	signalled := time.Now()
+	wait(t, errLines, "terminated: draining (Connection: close for 5s, then shutdown within 25s)")
+	// The log line comes a moment before the drain starts: ask until the
+	// answer says Connection: close (the connection stays open until then).
+	for res := fetch(t, client, "http://"+addr+"/version"); !res.Close; res = fetch(t, client, "http://"+addr+"/version") {
+		if time.Since(signalled) > 4*time.Second {
+			t.Fatal("no Connection: close while draining")
+		}
+	}
+	wait(t, errLines, "drained; exiting 0")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	// Its only connection has gone: the drain ends long before the 5s window.
+	if took := time.Since(signalled); took > 4*time.Second {
+		t.Fatalf("the drain took %s", took)
+	}
+}
+
+func fetch(t *testing.T, client *http.Client, url string) *http.Response {
+	t.Helper()
+	res, err := client.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	return res
+}
+
+func lines(r io.Reader) <-chan string {
+	c := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			c <- sc.Text()
+		}
+		close(c)
+	}()
+	return c
+}
+
+// wait returns the first line containing want, within a deadline.
+func wait(t *testing.T, c <-chan string, want string) string {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case line, ok := <-c:
+			if !ok {
+				t.Fatalf("output ended before %q", want)
+			}
+			if strings.Contains(line, want) {
+				return line
+			}
+		case <-deadline:
+			t.Fatalf("timed out waiting for %q", want)
+		}
 	}
 }
