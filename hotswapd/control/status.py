@@ -5,24 +5,72 @@ supervisor through `build_status`, so the three can never disagree about which
 generation is active or what the last swap did. The keys are an interface (scripts
 and docs rely on them): add keys, never rename or remove one.
 
-Reading only: nothing here changes the supervisor. Memory is measured and the
-executable hashed at call time (the hash once per generation, cached by the
-supervisor), so a status request costs a few /proc reads.
+Reading only: nothing here changes the supervisor's state. Memory is measured at call
+time, so a status request costs a few /proc reads.
+
+Design note: the executable's sha256 never blocks the loop. Hashing a 100 MB server at
+the first request after a swap took the loop for tens of milliseconds (signals, the
+swap's own probe and the control socket all waited). So a generation's hash is computed
+once, by `hash_executables`, through host.hashing's chunked hasher yielding to the loop
+after every MiB (no thread: PID 1 forks), and kept on the generation. A build the watcher
+already hashed before it asked for the swap is found by its file identity and not read
+again. Callers that cannot await (the metrics collector, which exports no hash) pass
+`hash_missing=False` and get `null` until the hash exists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import asdict
 from typing import Any
 
 from hotswapd.gates import memory
+from hotswapd.host import hashing
 
 STATUS_VERSION = 1  # bumped only if a key ever has to change meaning
 
 
-def generation_status(supervisor: Any, gen: Any) -> dict[str, Any]:
+def _exe_key(gen: Any) -> hashing.FileKey | None:
+    try:
+        return hashing.file_key(os.fstat(gen.exe_fd)) if gen.exe_fd is not None else None
+    except OSError:
+        return None
+
+
+def executable_sha256(gen: Any, *, hash_missing: bool = True) -> str | None:
+    """The hash of the file `gen` runs: kept, or known by its identity, or (only when
+    `hash_missing` and nobody awaited `hash_executables`) computed now, synchronously."""
+    if gen.sha256 is None:
+        key = _exe_key(gen)
+        gen.sha256 = hashing.recall(key) if key is not None else None
+    if gen.sha256 is None and hash_missing:
+        gen.sha256 = hashing.file_sha256(gen.exe_fd if gen.exe_fd is not None else gen.executable)
+    return gen.sha256  # type: ignore[no-any-return]  # the supervisor is typed Any here
+
+
+async def hash_executables(supervisor: Any) -> None:
+    """Hash every generation's executable not hashed yet, yielding to the loop per MiB."""
+    for gen in list(supervisor.generations.values()):
+        if executable_sha256(gen, hash_missing=False) is not None or gen.exe_fd is None:
+            continue
+        try:
+            fd = os.dup(gen.exe_fd)  # the generation may close its own fd meanwhile
+        except OSError:
+            continue
+        try:
+            key = hashing.file_key(os.fstat(fd))
+            digest = await hashing.sha256_cooperative(fd, asyncio.sleep)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        hashing.remember(key, digest)
+        gen.sha256 = digest
+
+
+def generation_status(supervisor: Any, gen: Any, *, hash_missing: bool = True) -> dict[str, Any]:
     """One generation as the status document and the metrics report it."""
     alive = gen.status is None
     return {
@@ -30,7 +78,7 @@ def generation_status(supervisor: Any, gen: Any) -> dict[str, Any]:
         "pid": gen.pid,
         "state": gen.state.value,
         "executable": gen.executable,
-        "sha256": supervisor.executable_sha256(gen),
+        "sha256": executable_sha256(gen, hash_missing=hash_missing),
         "rss_bytes": memory.tree_rss(gen.pid) if alive else 0,
         "started_at": gen.started_at,
         "exit_status": gen.status,
@@ -57,12 +105,19 @@ def last_swap_status(supervisor: Any) -> dict[str, Any] | None:
     return report
 
 
-def build_status(supervisor: Any, control_socket: str | None = None) -> dict[str, Any]:
-    """The whole status document (see docs/operations.md for every key)."""
+def build_status(
+    supervisor: Any, control_socket: str | None = None, *, hash_missing: bool = True
+) -> dict[str, Any]:
+    """The whole status document (see docs/operations.md for every key).
+
+    Await `hash_executables(supervisor)` first, or pass `hash_missing=False`: otherwise an
+    executable not hashed yet is hashed here, on the loop, in one go.
+    """
     active = supervisor.active
     previous = supervisor.previous
     generations = [
-        generation_status(supervisor, gen) for _, gen in sorted(supervisor.generations.items())
+        generation_status(supervisor, gen, hash_missing=hash_missing)
+        for _, gen in sorted(supervisor.generations.items())
     ]
     return {
         "version": STATUS_VERSION,
