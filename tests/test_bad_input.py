@@ -90,6 +90,7 @@ def test_toml_values_are_validated(tmp_path: Path, key: str, value: str, needle:
         ("metrics", ":99999", '":99999"', "ports go from 0 to 65535"),
         ("health_url", "http://127.0.0.1:70000/", '"http://127.0.0.1:70000/"', "ports go from"),
         ("swap_signal", "TERM", '"TERM"', "TERM means stop"),
+        ("health", "/a b\r\nX: y", '"/a b\\r\\nX: y"', "no spaces or control characters"),
     ],
 )
 def test_flag_env_and_toml_share_one_rule(

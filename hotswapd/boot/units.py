@@ -183,7 +183,7 @@ def _numbers(*names: str) -> frozenset[int]:
     return frozenset(n for n in (sigbits.number(name) for name in names) if n is not None)
 
 
-# Signal rules per role (docs/swap.md, "Signals"). A signal is refused where it cannot do
+# Signal rules per role. A signal is refused where it cannot do
 # the job: job-control and child-state signals mean something to the kernel, never to a
 # server; the swap signal must be one hotswapd can catch and one nobody sends for another
 # reason — TERM and INT are `docker stop` and Ctrl-C, QUIT is Ctrl-\ and the STOPSIGNAL of

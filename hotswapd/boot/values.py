@@ -279,9 +279,12 @@ def parse_user(value: object) -> str:
 
 
 def health_path(value: object) -> str:
-    path = need_str(value, "a health path starts with '/', e.g. /healthz")
-    if not path.startswith("/") or not path.isprintable():
-        raise BadValue("a health path starts with '/', e.g. /healthz")
+    hint = "a health path starts with '/', e.g. /healthz"
+    path = need_str(value, hint)
+    if not path.startswith("/"):
+        raise BadValue(hint)
+    if not path.isprintable() or " " in path:  # it goes into the probe's request line as is
+        raise BadValue("a health path has no spaces or control characters (write %20 for a space)")
     return path
 
 
@@ -315,7 +318,7 @@ def health_url(value: object) -> str:
     )
     url = need_str(value, hint)
     scheme, sep, rest = url.partition("://")
-    if scheme not in ("http", "https") or not sep or not url.isprintable():
+    if scheme not in ("http", "https") or not sep or not url.isprintable() or " " in url:
         raise BadValue(hint)
     authority = rest.split("/", 1)[0]
     host, colon, port = authority.rpartition(":")
