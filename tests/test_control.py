@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import pwd
 import shutil
@@ -101,8 +102,6 @@ class Served:
         return run_cli("ctl", "--control-socket", self.sock, *args)
 
     def status(self) -> dict[str, Any]:
-        import json
-
         result = self.ctl("status", "--json")
         assert result.returncode == 0, result.stderr
         data: dict[str, Any] = json.loads(result.stdout)
@@ -418,3 +417,153 @@ def test_bind_refuses_what_it_must_not_replace(tmp_path: Path) -> None:
     with pytest.raises(HotswapdError, match="a file that is not a socket is in the way"):
         control.bind(str(regular))
     assert regular.read_text() == "keep me"
+
+
+# ------------------------------------------------------------------ hostile input (issue 14)
+
+
+def raw_request(sock_path: str, method: str, route: str, body: bytes = b"") -> tuple[int, str]:
+    """One hand-written HTTP request on the control socket: (status, body text)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(sock_path)
+        conn.sendall(
+            f"{method} {route} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, text = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), text.decode()
+
+
+def test_wait_must_be_a_json_boolean(served: Served) -> None:
+    """{"wait": "no"} is a 400 naming the field, and no swap is asked for."""
+    status, text = raw_request(served.sock, "POST", "/reload", b'{"wait": "no"}')
+    assert status == 400
+    assert "wait: must be true or false" in text
+    status, text = raw_request(served.sock, "POST", "/reload", b'{"reason": ["x"]}')
+    assert status == 400
+    assert "reason: must be a string" in text
+    assert served.run.events("control_request") == []
+    assert served.run.events("swap_requested") == []
+    assert served.status()["counters"]["swaps_committed"] == 0
+
+
+def test_huge_reason_is_refused_and_long_one_is_cut(served: Served, go_server: Any) -> None:
+    """A 500 KB body is a 413; a 10 KB reason is logged cut to 200 characters, one line."""
+    huge = json.dumps({"reason": "x" * 500_000}).encode()
+    status, text = raw_request(served.sock, "POST", "/reload", huge)
+    assert status == 413
+    assert len(text) < 200
+    assert served.run.events("control_request") == []
+    install(go_server("v2"), served.app)
+    long = json.dumps({"reason": "y" * 50 + "\nforged line" + "y" * 10_000}).encode()
+    assert raw_request(served.sock, "POST", "/reload", long)[0] == 202
+    served.run.wait_event("swap_finished", outcome="committed")
+    (logged,) = served.run.events("control_request")
+    assert len(logged["reason"]) == control.REASON_MAX
+    assert "\n" not in served.status()["last_swap"]["reason"]
+    assert max(len(line) for line in served.run.stderr_lines) < 4000
+
+
+def test_idle_and_oversized_requests_are_cut(served: Served) -> None:
+    """A connection that sends nothing is closed after the head deadline; a huge head is a 400."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
+        idle.settimeout(control.LIMITS.head_timeout_s + 5)
+        idle.connect(served.sock)
+        answer = idle.recv(65536)  # returns when hotswapd answers and closes
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    status, text = raw_request(served.sock, "GET", "/status?" + "a" * 20_000)
+    assert status == 400
+    assert "request head over 8192 bytes" in text
+    assert not any("Traceback" in line for line in served.run.stderr_lines)
+    assert served.status()["active"]["generation"] == 1
+
+
+def test_bind_never_chmods_by_path(tmp_path: Path) -> None:
+    """The socket's mode is set on its fd before bind: no chmod by path a symlink could redirect."""
+    chmods: list[object] = []
+
+    def audit(event: str, args: tuple[object, ...]) -> None:
+        if event == "os.chmod":
+            chmods.append(args[0])
+
+    sys.addaudithook(audit)
+    path = tmp_path / "run" / "control.sock"
+    old = os.umask(0)  # even a careless umask in the environment gives 0600
+    try:
+        sock = control.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.close()
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+    assert chmods, "the mode is set with fchmod"
+    assert all(isinstance(target, int) for target in chmods), chmods
+
+
+def test_explicit_path_in_a_world_writable_dir_is_refused(
+    hotswapd: Start, app: Path, open_dir: Path
+) -> None:
+    """--control-socket in a 0777 directory (no sticky bit) is exit 2 with one line."""
+    shared = open_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    run = hotswapd(["--control-socket", str(shared / "control.sock")], [str(app)])
+    assert run.wait(30) == 2
+    problems = [line for line in run.stderr_lines if "is writable by other users" in line]
+    assert len(problems) == 1, run.tail()
+    assert "mode 777" in problems[0]
+    assert not (shared / "control.sock").exists()
+    assert not any("Traceback" in line for line in run.stderr_lines)
+
+
+def fake_server(path: str, uid: int, status: dict[str, Any]) -> int:
+    """A process of `uid` that answers every request on `path` with `status` (a forger)."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - a separate process, ends by _exit
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(path)
+            server.listen()
+            os.write(ready_w, b"x")
+            body = json.dumps(status).encode()
+            while True:
+                conn, _ = server.accept()
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                conn.close()
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"x"
+    os.close(ready_r)
+    return pid
+
+
+def test_ctl_refuses_a_server_of_another_user(tmp_path: Path, open_dir: Path) -> None:
+    """A socket served by uid 65534 is refused by root's ctl before a word of it is believed."""
+    theirs = open_dir / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    sock = str(theirs / "control.sock")
+    pid = fake_server(sock, 65534, {"forged": True})
+    try:
+        result = run_cli("ctl", "--control-socket", sock, "status", "--json")
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert result.returncode == 1
+    assert "forged" not in result.stdout
+    assert result.stderr.strip().startswith(
+        f"hotswapd: control socket {sock} is served by uid 65534"
+    )
+    assert "refusing to trust it" in result.stderr

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import json
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,8 +13,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import REPO
-from tests.test_control import Served, Start, install, make_app, serve
+from tests.helpers import REPO, wait_until
+from tests.test_control import Served, Start, http_get, install, make_app, serve
 
 
 @pytest.fixture
@@ -112,3 +115,61 @@ def test_metrics_counts_orphans_and_restarts(hotswapd: Start, tmp_path: Path) ->
     _, samples = scrape(address)
     assert samples[("hotswapd_restarts_total", ())] >= 1
     assert samples[("hotswapd_orphans_reaped_total", ())] >= 2
+
+
+def test_idle_connections_do_not_starve_pid1(
+    hotswapd: Start, app: Path, tmp_path: Path, go_server: Any
+) -> None:
+    """300 silent connections to --metrics at `ulimit -n 128`: ctl answers, a swap commits."""
+
+    def limited(options: list[str], command: list[str]) -> Any:
+        return hotswapd(options, command, wrapper=["prlimit", "--nofile=128:128"])
+
+    served = serve(limited, app, str(tmp_path / "control.sock"), "--metrics", "127.0.0.1:0")
+    host, port = served.run.wait_event("metrics_listening")["address"].rsplit(":", 1)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            conn.setblocking(False)
+            conn.connect_ex((host, int(port)))  # in progress: the backlog may be full
+            idle.append(conn)
+        status = served.status()  # the control socket still accepts
+        assert status["active"]["generation"] == 1
+        install(go_server("v2"), app)
+        result = served.ctl("reload", "--wait")
+        assert result.returncode == 0, result.stderr
+        assert http_get(served.port) == "v2"
+
+        def cut() -> list[bytes]:
+            answers = []
+            for conn in idle:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    answers.append(conn.recv(100))
+            return [a for a in answers if a.startswith(b"HTTP/1.1 408")]
+
+        wait_until(cut, 30, "hotswapd to time out the silent connections")
+    finally:
+        for conn in idle:
+            conn.close()
+    _, samples = scrape(f"{host}:{port}")
+    assert samples[("hotswapd_active_generation", ())] == 2
+    assert not any("Traceback" in line for line in served.run.stderr_lines)
+    assert len(served.run.events("metrics_accept_failed")) <= 3
+
+
+def test_oversized_head_is_a_bounded_400(hotswapd: Start, app: Path, tmp_path: Path) -> None:
+    """A 100 KB header line gets a 400 with a one-line reason, and nothing multi-line is logged."""
+    served, address = start(hotswapd, app, tmp_path)
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n")
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(body) == {"error": "request head over 8192 bytes"}
+    assert scrape(address)[1][("hotswapd_active_generation", ())] == 1
+    assert not any("LineTooLong" in line or "Traceback" in line for line in served.run.stderr_lines)
+    assert not any("a" * 100 in line for line in served.run.stderr_lines)  # not echoed
