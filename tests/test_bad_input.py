@@ -255,3 +255,16 @@ def test_good_sockets_are_served_after_the_trial_bind(tmp_path: Path) -> None:
     assert run.events("control_listening", path=str(control))
     assert run.events("metrics_listening")
     assert stat.S_IMODE(os.stat(control.parent).st_mode) == 0o700
+
+
+def test_a_program_that_cannot_start_leaves_no_socket_behind(tmp_path: Path) -> None:
+    """exit 127 for a missing program removes the pre-bound control socket and its directory."""
+    control = tmp_path / "ctl" / "control.sock"
+    exit_code, run = run_to_exit(
+        ["--control-socket", str(control), "--metrics", "127.0.0.1:0"],
+        [str(tmp_path / "missing")],
+        pid1=False,
+    )
+    assert exit_code == 127
+    assert len(run.stderr_lines) == 1
+    assert not (tmp_path / "ctl").exists()

@@ -38,12 +38,13 @@ def run(config: Config) -> int:
         prctl.set_child_subreaper(True)  # orphans come to us, not to the real init
     environ = dict(os.environ)
     listeners: list[Listener] = []
+    prebound: sockets.Prebound | None = None
     try:
         adopted = adopt_inherited(environ)
         listeners = adopted if adopted is not None else bind_all(config.listen)
         check_templates(config.command, [listener.name for listener in listeners])
         credentials = resolve_user(config.user) if config.user else None
-        sockets.check_all(config, environ)  # a bad control or metrics socket: exit 2, no child
+        prebound = sockets.check_all(config, environ)  # a bad one: exit 2 and no child
         notify = None
         if config.ready == "notify":
             from hotswapd.gates.notify import NotifySocket
@@ -52,9 +53,12 @@ def run(config: Config) -> int:
         first = launch(config, listeners, 1, environ, credentials, notify=notify)
     except HotswapdError as exc:
         close_all(listeners)
+        if prebound is not None:
+            prebound.release()
         print(f"hotswapd: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     spawned_ms = (time.monotonic() - started) * 1000
+    prebound.release()  # until the control server and metrics take these sockets over
     from hotswapd.serve import serve  # the one hand-off: heavy imports start after the spawn
 
     try:

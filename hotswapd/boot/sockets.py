@@ -6,9 +6,9 @@ found then kills a server that had just started, without a drain. So the run mod
 binds each one here first, before anything is spawned: a failure is one line and
 exit 2, and whatever this module created (socket file, directories) is removed.
 
-For now each trial socket is closed again at once and `control/server.py` and
-`control/metrics.py` bind their own after the spawn (the window in between is a few
-milliseconds). Import-light: `_socket`, not `socket` (see boot/listeners.py).
+For now the sockets are released right after the spawn and `control/server.py` and
+`control/metrics.py` bind their own (the window in between is milliseconds; see
+`Prebound`). Import-light: `_socket`, not `socket` (see boot/listeners.py).
 """
 
 from __future__ import annotations
@@ -30,16 +30,55 @@ if TYPE_CHECKING:
 BACKLOG = 64
 
 
-def check_all(config: Config, environ: Mapping[str, str]) -> None:
-    """Bind (and release) the explicit control socket and the metrics port, or raise UsageError."""
+class Prebound:
+    """The control socket and metrics port, bound before the first fork and held across it.
+
+    Until control/server.py and control/metrics.py accept a bound socket, the run mode
+    calls `release()` after the spawn and they bind again; the point of binding here
+    is that a bad socket is found while nothing runs yet.
+    """
+
+    __slots__ = ("control", "control_path", "made", "metrics")
+
+    def __init__(self) -> None:
+        self.control: _socket.socket | None = None
+        self.control_path = ""
+        self.made: list[str] = []  # directories created for the control socket, deepest first
+        self.metrics: _socket.socket | None = None
+
+    def release(self) -> None:
+        """Close both and remove what binding created: the socket file, directories made."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.control_path)
+            _remove_dirs(self.made)
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+
+
+def check_all(config: Config, environ: Mapping[str, str]) -> Prebound:
+    """Bind the explicit control socket and the metrics port, or raise UsageError (nothing kept).
+
+    A default control path is not tried: an unusable one falls back to the next default
+    when the control server starts (see boot/control_paths.py).
+    """
     problem = control_paths.validate(config, environ)
     if problem:
         raise UsageError(problem)
+    bound = Prebound()
     path, explicit = control_paths.server_path(config, environ)
-    if explicit and path is not None:
-        _close(try_control(path))
-    if config.metrics is not None:
-        bind_metrics(config.metrics).close()
+    try:
+        if explicit and path is not None:
+            bound.control, bound.control_path, bound.made = try_control(path)
+        if config.metrics is not None:
+            bound.metrics = bind_metrics(config.metrics)
+    except BaseException:
+        bound.release()
+        raise
+    return bound
 
 
 def try_control(path: str) -> tuple[_socket.socket, str, list[str]]:
@@ -49,6 +88,7 @@ def try_control(path: str) -> tuple[_socket.socket, str, list[str]]:
         os.unlink(path)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
+        os.fchmod(sock.fileno(), 0o600)  # as the control server does: never wider, even briefly
         old_umask = os.umask(0o177)  # no threads before the spawn: the umask is ours alone
         try:
             sock.bind(path)
@@ -91,15 +131,6 @@ def _remove_dirs(made: list[str]) -> None:
             os.rmdir(directory)
         except OSError:
             return
-
-
-def _close(bound: tuple[_socket.socket, str, list[str]]) -> None:
-    """Release a trial control socket: close it, unlink its file, remove directories made."""
-    sock, path, made = bound
-    sock.close()
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-    _remove_dirs(made)
 
 
 def bind_metrics(address: str) -> _socket.socket:
