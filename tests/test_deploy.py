@@ -18,7 +18,18 @@ from typing import Any
 
 import pytest
 
-from tests.test_control import Served, Start, http_get, make_app, run_cli, serve
+from tests.test_control import (
+    Served,
+    Start,
+    fake_server,
+    http_get,
+    make_app,
+    open_dir,
+    run_cli,
+    serve,
+)
+
+__all__ = ["open_dir"]  # the fixture, shared with test_control
 
 Mount = Callable[..., Path]
 
@@ -171,3 +182,54 @@ def test_deploy_needs_a_listening_hotswapd(tmp_path: Path, go_server: Any) -> No
     assert result.returncode == 1
     assert result.stderr.startswith(f"hotswapd: deploy: no hotswapd is listening on {missing}")
     assert_untouched(dest, before)
+
+
+def test_deploy_refuses_a_dest_that_is_not_the_program(
+    hotswapd: Start, tmp_path: Path, go_server: Any
+) -> None:
+    """DEST other than the running program is exit 2, untouched, no swap; --force installs."""
+    app = make_app(tmp_path, go_server)
+    served = serve(hotswapd, app, str(tmp_path / "control.sock"))
+    other = tmp_path / "other"
+    other.write_bytes(b"keep")
+    before = digest(other)
+    result = run_cli("deploy", "--control-socket", served.sock, str(go_server("v2")), str(other))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"hotswapd: deploy: {other} is not the program hotswapd runs")
+    assert "installed" not in result.stdout
+    assert digest(other) == before
+    assert served.run.events("swap_requested") == []
+    forced = run_cli(
+        "deploy", "--force", "--control-socket", served.sock, str(go_server("v2")), str(other)
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert digest(other) == digest(go_server("v2"))
+    assert http_get(served.port) == "v1"  # the program itself was not replaced
+
+
+def test_deploy_trusts_no_server_of_another_user(
+    tmp_path: Path, go_server: Any, open_dir: Path
+) -> None:
+    """A forged status from uid 65534 naming a root file as the program overwrites nothing."""
+    victim = tmp_path / "root-only"
+    victim.write_bytes(b"secret")
+    victim.chmod(0o600)
+    before = digest(victim)
+    theirs = open_dir / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    sock = str(theirs / "control.sock")
+    forged = {
+        "hotswapd": {"cwd": "/"},
+        "active": {"generation": 1},
+        "generations": [{"generation": 1, "executable": str(victim)}],
+    }
+    pid = fake_server(sock, 65534, forged)
+    try:
+        result = run_cli("deploy", "--control-socket", sock, str(go_server("v2")))
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert result.returncode == 1
+    assert "is served by uid 65534" in result.stderr
+    assert digest(victim) == before
