@@ -157,6 +157,7 @@ def test_help_shows_the_real_defaults() -> None:
     real = build_config({}, ["/app/server"], {})
     shown = 0
     for option in OPTIONS:
+        assert "(default" not in option.help, f"{option.flag}: a default typed by hand"
         entry = entries[option.flag]
         found = re.findall(r"\(default: ([^)]+)\)", entry)
         value = getattr(real, option.name)
