@@ -36,8 +36,11 @@ def watcher_mode(path: Path, mode: str = "auto") -> tuple[str, str]:
     """(mode, reason) the watcher chooses for `path` (or ("refused", message))."""
 
     async def scenario() -> tuple[str, str]:
-        watcher = Watcher([WatchSpec(path=str(path), action="swap")], mode=mode,
-                          on_change=lambda spec, reason: None)  # fmt: skip
+        watcher = Watcher(
+            [WatchSpec(path=str(path), action="swap")],
+            mode=mode,
+            on_change=lambda spec, reason: None,
+        )
         try:
             await watcher.start()
         except WatchError as exc:

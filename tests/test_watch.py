@@ -347,7 +347,11 @@ def test_incomplete_elf_waits_until_complete(app: Path) -> None:
 
     with capture_logs() as logs:
         run(scenario)
-    waiting = [entry for entry in logs if entry["event"] == "waiting: incomplete binary"]
+    waiting = [
+        entry
+        for entry in logs
+        if entry["event"] == "watch_waiting" and entry["cause"] == "incomplete_binary"
+    ]
     assert waiting
     assert waiting[0]["log_level"] == "warning"
     assert str(server) in str(waiting[0]["reason"])
@@ -372,8 +376,8 @@ def test_write_unseen_by_inotify_restarts_the_settle_interval(app: Path) -> None
 
     with capture_logs() as logs:
         run(scenario)
-    decisions = [e["event"] for e in logs if e.get("path") == str(server)]
-    assert decisions == ["waiting: still being written", "fired"]
+    decisions = [(e["event"], e["cause"]) for e in logs if e.get("path") == str(server)]
+    assert decisions == [("watch_waiting", "still_being_written"), ("watch_fired", "fired")]
 
 
 def test_modify_only_change_fires(app: Path) -> None:
@@ -504,10 +508,12 @@ def test_single_file_bind_mount_goes_stale(tmp_path: Path) -> None:
 
     with mounted(mount_point, "--bind", source), capture_logs() as logs:
         run(scenario)
-    stale = [e for e in logs if "st_nlink == 0" in e["event"]]
+    stale = [e for e in logs if e["event"] == "watch_file_unlinked"]
     assert stale
     assert stale[0]["log_level"] == "warning"
-    assert "mount the directory instead" in stale[0]["event"]
+    assert stale[0]["path"] == str(mount_point)
+    assert "st_nlink == 0" in stale[0]["hint"]
+    assert "mount the directory instead" in stale[0]["hint"]
 
 
 # ---------------------------------------------------------------------- re-arming
@@ -572,7 +578,7 @@ def test_directory_renamed_away_is_rearmed(app: Path, tmp_path: Path) -> None:
 @needs_root
 def test_tmpfs_mounted_over_directory_is_noticed_in_auto_mode(app: Path) -> None:
     """A tmpfs over the watched directory sends no event; auto's stat net notices it, logs
-    "mount changed under DIR" and fires for the new content; unmounting fires back."""
+    watch_mount_changed and fires for the new content; unmounting fires back."""
     config = app / "config.yaml"
 
     async def scenario() -> None:
@@ -589,7 +595,7 @@ def test_tmpfs_mounted_over_directory_is_noticed_in_auto_mode(app: Path) -> None
 
     with capture_logs() as logs:
         run(scenario)
-    changed = [e for e in logs if e["event"] == f"mount changed under {app}"]
+    changed = [e for e in logs if e["event"] == "watch_mount_changed" and e["path"] == str(app)]
     assert len(changed) == 2
     assert all(e["log_level"] == "warning" for e in changed)
 
@@ -621,7 +627,7 @@ def test_mount_over_is_invisible_to_inotify_until_the_next_batch(tmp_path: Path)
 
     with capture_logs() as logs:
         run(scenario)
-    assert any(e["event"] == f"mount changed under {first}" for e in logs)
+    assert any(e["event"] == "watch_mount_changed" and e["path"] == str(first) for e in logs)
 
 
 def resolved(path: Path) -> tuple[str, int]:
@@ -713,8 +719,13 @@ def test_max_user_watches_exhausted_falls_back_to_poll(app: Path) -> None:
 
     async def scenario() -> None:
         with sysctl("max_user_watches", 0):
-            auto = Watcher([swap(config)], mode="auto", debounce=DEBOUNCE, poll_interval=0.05,
-                           on_change=(fires := Fires()))  # fmt: skip
+            auto = Watcher(
+                [swap(config)],
+                mode="auto",
+                debounce=DEBOUNCE,
+                poll_interval=0.05,
+                on_change=(fires := Fires()),
+            )
             await auto.start()
             with pytest.raises(WatchError) as raised:
                 await Watcher([swap(config)], mode="inotify", on_change=Fires()).start()
@@ -782,8 +793,9 @@ def test_queue_overflow_rescans_and_loses_nothing(app: Path) -> None:
 
     async def scenario() -> None:
         with sysctl("max_queued_events", 16):
-            watcher = Watcher([swap(config)], mode="inotify", debounce=DEBOUNCE,
-                              on_change=(fires := Fires()))  # fmt: skip
+            watcher = Watcher(
+                [swap(config)], mode="inotify", debounce=DEBOUNCE, on_change=(fires := Fires())
+            )
             await watcher.start()  # the queue limit is taken when the instance is created
         try:
             for number in range(64):
@@ -798,7 +810,7 @@ def test_queue_overflow_rescans_and_loses_nothing(app: Path) -> None:
 
     with capture_logs() as logs:
         run(scenario)
-    rescans = [e for e in logs if e["event"] == "rescanning every watched path"]
+    rescans = [e for e in logs if e["event"] == "watch_rescan"]
     assert "max_queued_events" in str(rescans[0]["reason"])
 
 
@@ -924,7 +936,7 @@ def test_nothing_reaches_stdout(app: Path, capfd: pytest.CaptureFixture[str]) ->
     run(scenario)
     out, err = capfd.readouterr()
     assert out == ""
-    assert '"event": "fired"' in err
+    assert '"event": "watch_fired"' in err
     handlers = logging.getLogger("pyinotify").handlers
     assert not any(isinstance(h, logging.StreamHandler) for h in handlers)
 

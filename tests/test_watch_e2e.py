@@ -14,20 +14,35 @@ from tests.helpers import GO_SERVER_SRC, go_binary, wait_until
 from tests.load import Load
 
 Start = Any
-OPTIONS = ["--listen", "http=tcp://127.0.0.1:0", "--health", "/healthz", "--settle", "0",
-           "--debounce", "100ms", "--drain-timeout", "5s"]  # fmt: skip
+OPTIONS = [
+    "--listen",
+    "http=tcp://127.0.0.1:0",
+    "--health",
+    "/healthz",
+    "--settle",
+    "0",
+    "--debounce",
+    "100ms",
+    "--drain-timeout",
+    "5s",
+]
 
 
 def go_build(out: Path, version: str) -> None:
     """`go build -o` straight into the watched path, as a developer's rebuild does."""
     env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
     env.setdefault("GOCACHE", str(GO_SERVER_SRC.parent.parent / "build" / "gocache"))
-    subprocess.run([go_binary(), "build", "-o", str(out), "-ldflags", f"-X main.version={version}",
-                    "."], cwd=GO_SERVER_SRC, env=env, check=True)  # fmt: skip
+    subprocess.run(
+        [go_binary(), "build", "-o", str(out), "-ldflags", f"-X main.version={version}", "."],
+        cwd=GO_SERVER_SRC,
+        env=env,
+        check=True,
+    )
 
 
-def test_go_build_into_the_watched_path_under_load(hotswapd: Start, go_server: Any,
-                                                   tmp_path: Path) -> None:  # fmt: skip
+def test_go_build_into_the_watched_path_under_load(
+    hotswapd: Start, go_server: Any, tmp_path: Path
+) -> None:
     """`go build -o` over the running binary: exactly one swap, 0 failed requests."""
     program = tmp_path / "bin" / "server"
     program.parent.mkdir()
@@ -48,8 +63,8 @@ def test_go_build_into_the_watched_path_under_load(hotswapd: Start, go_server: A
     go_build(program, "v2")  # up to date: go only touches the file's mtime
     wait_until(
         lambda: (
-            run.events("ignored: touch only", path=str(program))
-            or run.events("ignored: identical content", path=str(program))
+            run.events("watch_ignored", path=str(program), cause="touch_only")
+            or run.events("watch_ignored", path=str(program), cause="identical_content")
         ),
         15,
         "the identical rebuild to be ignored",
@@ -57,14 +72,17 @@ def test_go_build_into_the_watched_path_under_load(hotswapd: Start, go_server: A
     assert len(run.events("swap_requested")) == 1
 
 
-def test_sed_i_on_a_config_sends_one_hup_and_no_swap(hotswapd: Start, go_server: Any,
-                                                     tmp_path: Path) -> None:  # fmt: skip
+def test_sed_i_on_a_config_sends_one_hup_and_no_swap(
+    hotswapd: Start, go_server: Any, tmp_path: Path
+) -> None:
     """`sed -i` on a config watched with =signal:HUP: one SIGHUP per change, never a swap."""
     config = tmp_path / "etc" / "app.conf"
     config.parent.mkdir()
     config.write_text("port: 1\n")
-    run = hotswapd([*OPTIONS, "--watch", f"{config}=signal:HUP"],
-                   [str(go_server("v1")), "-config", str(config)])  # fmt: skip
+    run = hotswapd(
+        [*OPTIONS, "--watch", f"{config}=signal:HUP"],
+        [str(go_server("v1")), "-config", str(config)],
+    )
     run.wait_event("supervising")
     run.wait_stdout("ready pid=")
     subprocess.run(["sed", "-i", "s/port: 1/port: 22/", str(config)], check=True)
@@ -75,8 +93,9 @@ def test_sed_i_on_a_config_sends_one_hup_and_no_swap(hotswapd: Start, go_server:
     assert run.events("swap_requested") == []
 
 
-def test_inotify_fd_never_reaches_the_child(hotswapd: Start, go_server: Any,
-                                            tmp_path: Path) -> None:  # fmt: skip
+def test_inotify_fd_never_reaches_the_child(
+    hotswapd: Start, go_server: Any, tmp_path: Path
+) -> None:
     """The watcher's inotify fd is close-on-exec: the child holds only stdio and listeners."""
     program = tmp_path / "server"
     shutil.copy2(go_server("v1"), program)
@@ -103,8 +122,11 @@ def test_idle_hotswapd_in_inotify_mode_never_wakes_up(hotswapd: Start, tmp_path:
     shutil.copy2("/bin/sleep", program)
     counts = {}
     for mode in ("inotify", "auto"):
-        run = hotswapd(["--watch-mode", mode, "--poll-interval", "200ms", "--watch",
-                        str(program)], [str(program), "300"], pid1=False)  # fmt: skip
+        run = hotswapd(
+            ["--watch-mode", mode, "--poll-interval", "200ms", "--watch", str(program)],
+            [str(program), "300"],
+            pid1=False,
+        )
         run.wait_event("supervising")
         wait_until(lambda: run.events("watching"), 10, "the watcher")  # noqa: B023
         before = _wakeups(run.pid)

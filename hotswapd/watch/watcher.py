@@ -177,7 +177,7 @@ class Watcher:
         self._teardown_inotify()
         self._mode, self._reason = "poll", reason
         log = self._log.error if self._requested == "inotify" else self._log.warning
-        log("watch mode switched to poll", mode="poll", reason=reason, fix=fix)
+        log("watch_mode_switched", mode="poll", reason=reason, fix=fix)
         if self._tick is None:
             self._schedule_tick()
         for target in self._targets:
@@ -196,20 +196,16 @@ class Watcher:
             return
         for change in changes:
             if change.new is None:
-                self._log.info(
-                    "directory missing, watching ancestor",
-                    path=change.path,
-                    ancestor=change.ancestor,
-                )
+                self._log.info("watch_dir_missing", path=change.path, ancestor=change.ancestor)
             elif change.old is not None and change.old[0] != change.new[0]:
                 self._log.warning(
-                    f"mount changed under {change.path}",
+                    "watch_mount_changed",
                     path=change.path,
                     old_dev=change.old[0],
                     dev=change.new[0],
                 )
             else:
-                self._log.info("re-armed", path=change.path)
+                self._log.info("watch_rearmed", path=change.path)
             for target in self._by_dir[change.path]:
                 self._mark(target, "directory re-armed")
 
@@ -232,7 +228,7 @@ class Watcher:
 
     def _rescan(self, why: str) -> None:
         self.rescans += 1
-        self._log.warning("rescanning every watched path", reason=why)
+        self._log.warning("watch_rescan", reason=why)
         if self._watches is not None:
             self._watches.mark_all_stale()
         for target in self._targets:
@@ -286,8 +282,7 @@ class Watcher:
                 try:
                     decision = await dec.decide(target)
                 except OSError as exc:
-                    decision = dec.Decision("error", "error")
-                    target.why = str(exc)
+                    decision = dec.Decision("error", "error", fields={"error": str(exc)})
                 self._apply(target, decision)
                 if decision.again:
                     self._mark(target, "still changing")
@@ -300,7 +295,7 @@ class Watcher:
         try:
             hashed = await dec.hash_file(target.spec.path)
         except OSError as exc:  # unreadable now: the first readable content will fire
-            self._log.warning("cannot read the baseline", path=target.spec.path, error=str(exc))
+            self._log.warning("watch_baseline_unreadable", path=target.spec.path, error=str(exc))
             hashed = None
         if hashed is None:
             target.seen_key = dec.stat_key(target.spec.path)
@@ -313,16 +308,20 @@ class Watcher:
         """Record the verdict, log it as its event, and fire the callback for a change."""
         path = target.spec.path
         if decision.unlinked:
-            self._log.warning(dec.unlinked_hint(path), path=path)
+            self._log.warning("watch_file_unlinked", path=path, hint=dec.unlinked_hint(path))
         level = decision.level
         if decision.state == "waiting" and decision.cause == target.cause:
             level = "debug"  # a writer that takes long: say it once, not every debounce
         target.state, target.cause = decision.state, decision.cause
         target.decision = decision.text
         if decision.cause == "error":
-            target.decision = f"error: {target.why}"
+            target.decision = f"error: {decision.fields.get('error', '')}"
         getattr(self._log, level)(
-            target.decision, path=path, action=_action(target.spec), **decision.fields
+            decision.event,
+            path=path,
+            action=_action(target.spec),
+            cause=decision.cause,
+            **decision.fields,
         )
         if decision.cause != "fired":
             return
@@ -331,7 +330,7 @@ class Watcher:
         try:
             self._on_change(target.spec, f"content changed (sha256 {digest[:12]}…)")
         except Exception:  # noqa: BLE001 - the supervisor's callback must not stop the watcher
-            self._log.exception("on_change failed", path=path)
+            self._log.exception("watch_callback_failed", path=path)
 
 
 def _action(spec: WatchSpec) -> str:
