@@ -1,4 +1,4 @@
-"""Command line: `main(argv) -> int` for run, ctl, deploy and doctor.
+"""Command line: `main(argv) -> int` for run, ctl, deploy, doctor and health.
 
 Every error is one line on stderr and an exit code from hotswapd.errors. The run
 mode imports nothing heavy here — not even argparse (the option table is parsed by
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
-SUBCOMMANDS = ("ctl", "deploy", "doctor")
+SUBCOMMANDS = ("ctl", "deploy", "doctor", "health")
 
 
 def run_parser(prog: str = "hotswapd") -> argparse.ArgumentParser:
@@ -31,7 +31,8 @@ def run_parser(prog: str = "hotswapd") -> argparse.ArgumentParser:
         prog=prog,
         usage=f"{prog} [OPTIONS] -- PROGRAM [ARGS...]\n       "
         f"{prog} ctl status|reload|rollback|signal ...\n       "
-        f"{prog} deploy SRC [DEST]\n       {prog} doctor [OPTIONS] [-- PROGRAM ...]",
+        f"{prog} deploy SRC [DEST]\n       {prog} doctor [OPTIONS] [-- PROGRAM ...]\n       "
+        f"{prog} health [--control-socket PATH]",
         description="PID 1 for a Go server: reaps, forwards signals, and hot-swaps it "
         "(SIGUSR2, --watch, `hotswapd ctl reload`) with health and memory gates. Every option "
         "is also HOTSWAPD_<NAME> in the environment and a key in the --config TOML file.",
@@ -83,6 +84,10 @@ def _subcommand(name: str, args: list[str]) -> int:
         from hotswapd.client.deploy import main as deploy_main
 
         return deploy_main(args)
+    if name == "health":
+        from hotswapd.client.health import main as health_main
+
+        return health_main(args)
     if name == "doctor":
         from hotswapd.doctor.command import main as doctor_main
 
