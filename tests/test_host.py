@@ -22,10 +22,12 @@ from types import SimpleNamespace
 import pytest
 
 from hotswapd.boot.config import parse_run_args
+from hotswapd.boot.spawn import resolve_program
 from hotswapd.boot.values import WatchSpec
 from hotswapd.control import status
 from hotswapd.doctor import command as doctor
 from hotswapd.doctor.findings import Finding
+from hotswapd.errors import SpawnError
 from hotswapd.gates import memory
 from hotswapd.host import cgroup, fsfacts, hashing, inotify_limits, mountinfo, shadow
 from hotswapd.watch import decide
@@ -180,7 +182,7 @@ def test_mount_over_the_program_directory_same_words_in_doctor_and_run_mode(
     tmp_path: Path,
 ) -> None:
     """A tmpfs over the program's directory: doctor's program line and the run mode's hint
-    (shadow.missing_hint, for its 127 message) name the same mount, in the same words."""
+    (shadow.program_hint on its exit-127 SpawnError) name the same mount, in the same words."""
     point = tmp_path / "mnt0"
     point.mkdir()
     (point / "server").write_bytes(b"#!/bin/sh\n")
@@ -189,13 +191,17 @@ def test_mount_over_the_program_directory_same_words_in_doctor_and_run_mode(
     with tmpfs_over(point):
         mount = shadow.hidden_by_mount(program)
         (line,) = doctor_findings(["--", program], "program")
-        hint = shadow.missing_hint(program)
+        with pytest.raises(SpawnError) as raised:  # what the run mode meets at its first spawn
+            resolve_program(program, os.environ)
+        hint = shadow.program_hint(raised.value, [program])
     assert mount is not None
     assert (mount.point, mount.fstype) == (str(point), "tmpfs")
     finding, fix = shadow.hidden_finding(program, mount)
     assert (line.level, line.finding, line.fix) == ("fail", finding, fix)
+    assert raised.value.exit_code == 127
     assert hint == f": {finding} ({fix})"
     assert shadow.missing_hint(str(tmp_path / "absent")) == ""
+    assert shadow.program_hint(raised.value, ["server"]) == ""  # found through PATH: no mount
 
 
 def test_watched_directory_under_a_mount_hides_what_is_underneath(tmp_path: Path) -> None:

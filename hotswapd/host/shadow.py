@@ -6,20 +6,25 @@ ENOENT says nothing about why. Looking underneath a mount needs the mount gone, 
 `look_under` forks a child that detaches it in a private mount namespace of its own and
 reports what is there: nothing changes for this process or the container.
 
-Both doctor and the run mode (when the program is missing, before anything is supervised)
+Both doctor and the run mode (`program_hint`, when generation 1's program is missing)
 call `hidden_by_mount`, so both say the same sentence. The child is waited for here by
-pid, so this must not run while a reaper calling waitpid(-1) is active (PID 1's supervisor);
-it needs CAP_SYS_ADMIN and answers None without it.
+pid; meant for before anything is supervised (a waitpid(-1) reaper could take its status
+first, which is tolerated: the answer comes through the pipe). Looking underneath needs
+CAP_SYS_ADMIN; without it the answer is None and nothing is blamed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import functools
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hotswapd.errors import EXIT_NOT_FOUND, HotswapdError
 from hotswapd.host.mountinfo import Mount, inside, read_mounts
 
 _CLONE_NEWNS, _MS_REC, _MS_PRIVATE, _MNT_DETACH = 0x20000, 0x4000, 0x40000, 2
@@ -68,10 +73,12 @@ def look_under(point: str, paths: tuple[str, ...] = ()) -> Underneath | None:
     while chunk := os.read(read_fd, 65536):
         chunks.append(chunk)
     os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    with contextlib.suppress(ChildProcessError):  # a waitpid(-1) reaper may have been first
+        os.waitpid(pid, 0)
+    try:  # the child writes its one JSON document only after every step succeeded
+        names, present = json.loads(b"".join(chunks))
+    except ValueError:
         return None
-    names, present = json.loads(b"".join(chunks))
     return Underneath(tuple(names), tuple(present))
 
 
@@ -110,3 +117,11 @@ def missing_hint(path: str) -> str:
         return ""
     finding, fix = hidden_finding(path, mount)
     return f": {finding} ({fix})"
+
+
+def program_hint(exc: HotswapdError, command: Sequence[str]) -> str:
+    """For the run mode's exit 127 line: `missing_hint` when a path PROGRAM is missing."""
+    missing = exc.exit_code == EXIT_NOT_FOUND and getattr(exc, "errno", 0) == errno.ENOENT
+    if not missing or not command or "/" not in command[0]:
+        return ""
+    return missing_hint(command[0])
