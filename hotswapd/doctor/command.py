@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from hotswapd.boot.config import Config, parse_run_args
 from hotswapd.boot.control_paths import default_choice, server_path, server_problem
 from hotswapd.boot.spawn import resolve_program
-from hotswapd.boot.units import format_size
+from hotswapd.boot.units import format_size, signal_name, signal_problem
 from hotswapd.doctor.findings import Finding, read_text, status_field
 
 # `X as X` re-exports: tests/test_doctor.py counts inotify use as doctor.inotify_usage.
@@ -51,13 +51,6 @@ from hotswapd.host.unixsock import socket_state
 def _signals_in(mask: str) -> list[int]:
     bits = int(mask or "0", 16)
     return [sig for sig in range(1, 65) if bits & (1 << (sig - 1))]
-
-
-def _signame(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
 
 
 def check_init() -> Iterator[Finding]:
@@ -101,27 +94,22 @@ def check_signals(config: Config) -> Iterator[Finding]:
             yield Finding(
                 "warn",
                 "signals",
-                f"{', '.join(map(_signame, hit))} {what} on entry "
+                f"{', '.join(map(signal_name, hit))} {what} on entry "
                 "(inherited from whatever started this)",
                 "hotswapd installs its own "
                 "handlers and children start with defaults; check the parent (nohup, "
                 "`trap '' TERM`)",
             )
-    if config.swap_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL, signal.SIGSTOP):
-        yield Finding(
-            "fail",
-            "signals",
-            f"--swap-signal {_signame(config.swap_signal)} cannot be "
-            "the swap signal (it stops or cannot be caught)",
-            "use USR2 (the default)",
-        )
+    problem = signal_problem("swap", config.swap_signal)  # the rule the options parser applies
+    if problem is not None:
+        yield Finding("fail", "signals", f"--swap-signal {problem}")
         return
     clean = "" if relevant & {*ignored, *blocked} else "; none inherited as ignored or blocked"
     yield Finding(
         "ok",
         "signals",
-        f"swap on {_signame(config.swap_signal)}, stop on TERM/INT, "
-        f"drain with {_signame(config.drain_signal)}{clean}",
+        f"swap on {signal_name(config.swap_signal)}, stop on TERM/INT, "
+        f"drain with {signal_name(config.drain_signal)}{clean}",
     )
 
 
