@@ -567,3 +567,78 @@ def test_ctl_refuses_a_server_of_another_user(tmp_path: Path, open_dir: Path) ->
         f"hotswapd: control socket {sock} is served by uid 65534"
     )
     assert "refusing to trust it" in result.stderr
+
+
+# ------------------------------------------------------------------ any uid (issue 14, item 10)
+
+ARBITRARY_UID = 12345  # OpenShift's pattern: an arbitrary uid in group 0, no passwd entry
+
+AS_ARBITRARY_UID = r"""
+set -e
+# This private mount namespace gets a /run like `--tmpfs /run/hotswapd` over an image whose
+# /run/hotswapd is root's and 0750, and keeps the interpreter reachable for another uid.
+if [ -n "$HIDDEN" ]; then
+    mount --bind "$HIDDEN/$EXPOSE" "$PARKED"
+    mount -t tmpfs -o mode=0755 tmpfs "$HIDDEN"
+    mkdir -p "$HIDDEN/$EXPOSE"
+    mount --move "$PARKED" "$HIDDEN/$EXPOSE"
+fi
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -m "${DIR_MODE:-0750}" /run/hotswapd
+exec setpriv --reuid "$UID_TO" --regid 0 --clear-groups "$@"
+"""
+
+
+def arbitrary_uid_env(parked: Path, xdg: Path | None) -> dict[str, str]:
+    """What AS_ARBITRARY_UID needs: the first ancestor of the interpreter others cannot enter."""
+    env = {"UID_TO": str(ARBITRARY_UID), "PARKED": str(parked), "HIDDEN": "", "EXPOSE": ""}
+    real = Path(os.path.realpath(sys.executable))
+    for ancestor in reversed(real.parents):
+        if ancestor != Path("/") and not os.stat(ancestor).st_mode & stat.S_IXOTH:
+            env["HIDDEN"] = str(ancestor)
+            env["EXPOSE"] = real.relative_to(ancestor).parts[0]
+            break
+    if xdg is not None:
+        env["XDG_RUNTIME_DIR"] = str(xdg)
+    return env
+
+
+def test_arbitrary_uid_default_path_falls_back(hotswapd: Start, open_dir: Path) -> None:
+    """uid 12345:0 with a root-owned 0750 /run/hotswapd: the next default path, one line."""
+    parked = open_dir / "parked"
+    parked.mkdir()
+    xdg = open_dir / "xdg"
+    xdg.mkdir(mode=0o700)
+    os.chown(xdg, ARBITRARY_UID, 0)
+    run = hotswapd(
+        [],
+        ["/bin/sleep", "1000"],
+        env=arbitrary_uid_env(parked, xdg),
+        wrapper=["sh", "-c", AS_ARBITRARY_UID, "sh"],
+    )
+    sock = str(xdg / "hotswapd" / "control.sock")
+    assert run.wait_event("control_listening")["path"] == sock
+    (fallback,) = run.events("control_path_fallback")
+    assert fallback["path"] == sock
+    assert any("/run/hotswapd" in reason for reason in fallback["skipped"])
+    assert os.stat(sock).st_uid == ARBITRARY_UID
+    code, text = raw_request(sock, "GET", "/status")  # root may ask; ctl as root would refuse
+    assert code == 200
+    assert json.loads(text)["active"]["generation"] == 1
+    assert not any("Traceback" in line for line in run.stderr_lines)
+
+
+def test_arbitrary_uid_explicit_unusable_path_is_exit_2(hotswapd: Start, open_dir: Path) -> None:
+    """An explicit --control-socket the uid cannot even look into is exit 2 and one line."""
+    parked = open_dir / "parked"
+    parked.mkdir()
+    run = hotswapd(
+        ["--control-socket", "/run/hotswapd/control.sock"],
+        ["/bin/sleep", "1000"],
+        env={**arbitrary_uid_env(parked, None), "DIR_MODE": "0700"},
+        wrapper=["sh", "-c", AS_ARBITRARY_UID, "sh"],
+    )
+    assert run.wait(30) == 2, run.tail()
+    assert not any("Traceback" in line for line in run.stderr_lines), run.tail()
+    (line,) = [line for line in run.stderr_lines if "/run/hotswapd/control.sock" in line]
+    assert f"/run/hotswapd is not writable by uid {ARBITRARY_UID}" in line
