@@ -1,13 +1,19 @@
 """Benchmark how servers drain: failed requests and requests/s across swaps, side by side.
 
-    python bench/bench_servers.py [--swaps 20] [--connections 32] [--interval 1.0]
-                                  [--rounds 1] [--json PATH]
+    python bench/bench_servers.py [--swaps 20] [--rounds 10] [--connections 32]
+                                  [--interval 1.0] [--only NAME ...] [--json PATH]
 
-One wrk run per server (keep-alive HTTP/1.1, --connections connections, --threads
-threads), --warmup seconds of load, then a swap every --interval seconds, then
---interval more. A failed request is one wrk counts as an error: a connection refused,
-reset or closed before the response (connect/read/write), a timeout, or a non-2xx
-answer. The servers (sources under tests/servers/ and docker/server/):
+Each server gets --swaps swaps under wrk load (keep-alive HTTP/1.1, --connections
+connections, --threads threads), in --rounds rounds: per round, one wrk run per server
+with --warmup seconds of load, then a swap every --interval seconds, then --interval
+more. The servers take turns round after round, the order rotating (plain and drained
+always back to back), so that the machine's own noise (other processes, frequency
+changes) hits all of them alike; the requests/s ratio of the package's server to the
+plain one is also given per round.
+A failed request is one wrk counts as an error: a connection refused, reset or closed
+before the response (connect/read/write), a timeout, or a non-2xx answer.
+
+The servers (sources under tests/servers/ and docker/server/):
 
   plain              net/http with http.Server.Shutdown on SIGTERM, under hotswapd
   drained            the same server, hotswap.Serve instead (the package's drain)
@@ -18,8 +24,7 @@ answer. The servers (sources under tests/servers/ and docker/server/):
 
 Under hotswapd a swap is SIGUSR2 (--ready notify: the servers say READY=1) until
 swap_finished (the old generation exited); under tableflip it is SIGHUP to the pid in
-its pid file until a new pid is there and the old process is gone. With --rounds N the
-whole side-by-side runs N times (servers in the same order) and the figures add up.
+its pid file until a new pid is there and the old process is gone.
 
 Goal: the package's server 0 failed requests, within 2% of the plain server's requests/s.
 Prints a table and writes JSON (default bench/results/servers.json).
@@ -313,9 +318,23 @@ LABELS = {
 }
 
 
+def turn_order(chosen: list[str], round_index: int) -> list[str]:
+    """This round's order: rotated by one each round, plain and drained back to back
+    (first one, then the other), so their ratio compares runs a few seconds apart."""
+    paired = "plain" in chosen and "drained" in chosen
+    base = [key for key in chosen if not (paired and key == "drained")]
+    turn = round_index % len(base)
+    order = base[turn:] + base[:turn]
+    if paired:
+        at = order.index("plain") + (1 if round_index % 2 == 0 else 0)
+        order.insert(at, "drained")
+    return order
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     programs = builds()
-    schedule = Schedule(args.swaps, args.interval, args.warmup, args.connections, args.threads)
+    per_round_swaps = args.swaps // args.rounds
+    schedule = Schedule(per_round_swaps, args.interval, args.warmup, args.connections, args.threads)
     runners: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
         "plain": lambda s, t: run_hotswapd(programs["plain"], schedule, s, t),
         "drained": lambda s, t: run_hotswapd(programs["drained"], schedule, s, t),
@@ -331,7 +350,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         script = Path(tmp) / "summary.lua"
         script.write_text(WRK_SCRIPT)
         for round_index in range(args.rounds):
-            for key in chosen:
+            for key in turn_order(chosen, round_index):
                 result = runners[key](script, Path(tmp))
                 per_round[key].append(result)
                 print(
@@ -344,6 +363,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "machine": common.machine(),
         "config": {
             "swaps": args.swaps,
+            "swaps_per_round": args.swaps // args.rounds,
             "interval_s": args.interval,
             "warmup_s": args.warmup,
             "connections": args.connections,
@@ -356,9 +376,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     if "plain" in servers and "drained" in servers:
         ratio = servers["drained"]["requests_per_s"] / servers["plain"]["requests_per_s"]
+        by_round = [
+            d["requests_per_s"] / p["requests_per_s"]
+            for d, p in zip(per_round["drained"], per_round["plain"], strict=True)
+        ]
         out["goal"] = {
             "drained_failed": servers["drained"]["failed"],
             "drained_vs_plain_requests_per_s": round(ratio, 4),
+            "drained_vs_plain_by_round": [round(r, 4) for r in by_round],
             "met": servers["drained"]["failed"] == 0 and ratio >= GOAL_RPS_RATIO,
         }
     return out
@@ -368,9 +393,9 @@ def print_report(results: dict[str, Any]) -> None:
     config = results["config"]
     print()
     print(
-        f"{config['swaps']} swaps per server and round under wrk load ({config['connections']} "
-        f"keep-alive connections, {config['threads']} threads, one swap every "
-        f"{config['interval_s']:g} s, {config['rounds']} round(s))"
+        f"{config['swaps']} swaps per server in {config['rounds']} rounds under wrk load "
+        f"({config['connections']} keep-alive connections, {config['threads']} threads, "
+        f"one swap every {config['interval_s']:g} s)"
     )
     rows = []
     for key, run in results["servers"].items():
@@ -394,19 +419,23 @@ def print_report(results: dict[str, Any]) -> None:
             f"{GOAL_RPS_RATIO:.0%} of plain's req/s "
             f"({goal['drained_vs_plain_requests_per_s']:.1%}): {verdict}"
         )
+        rounds = ", ".join(f"{r:.1%}" for r in goal["drained_vs_plain_by_round"])
+        print(f"  hotswap.Serve / plain req/s, round by round: {rounds}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--swaps", type=int, default=20)
+    parser.add_argument("--swaps", type=int, default=20, help="per server, over all rounds")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between swaps")
     parser.add_argument("--warmup", type=float, default=1.0, help="load before swap 1 (s)")
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat the side-by-side run")
+    parser.add_argument("--rounds", type=int, default=10, help="turns per server (divides --swaps)")
     parser.add_argument("--only", nargs="*", choices=list(LABELS), help="a subset of servers")
     parser.add_argument("--json", type=Path, default=common.default_json("servers"))
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.swaps % args.rounds:
+        parser.error("--rounds must divide --swaps")
     results = bench(args)
     print_report(results)
     common.write_json(args.json, results)
