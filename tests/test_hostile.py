@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hotswapd.core.stop import is_stopped
 from tests.harness import CHILD, Hotswapd, proc_state
-from tests.helpers import wait_until
+from tests.helpers import REPO, wait_until
 
 Start = Any  # the `hotswapd` fixture: (options, command, **kwargs) -> Hotswapd
 
@@ -81,3 +85,140 @@ def test_is_stopped_reads_the_kernel_state() -> None:
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+# ----------------------------------------------------------------------------- sd_notify
+
+NOTIFIER = [sys.executable, str(REPO / "tests" / "children" / "notifier.py")]
+NOTIFY_GATED = ["--ready", "notify", "--settle", "0", "--stop-timeout", "5s"]
+
+
+def notify_fields(entry: dict[str, Any]) -> dict[str, str]:
+    """The sd_notify fields of one log line: under `fields`, or (older) as lowercase keys."""
+    if isinstance(entry.get("fields"), dict):
+        return {str(k): str(v) for k, v in entry["fields"].items()}
+    own = {"generation", "pid", "sender_pid", "event", "level", "timestamp"}
+    return {k.upper(): str(v) for k, v in entry.items() if k not in own}
+
+
+def notify_lines(run: Hotswapd, key: str) -> list[dict[str, Any]]:
+    return [e for e in run.events("sd_notify") if key in notify_fields(e)]
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().partition("=")[::2] for item in raw if b"=" in item)
+
+
+def forge(address: str, text: str, uid: int, stay: bool = False) -> int:
+    """Send one datagram as `uid` from a forked helper; it exits at once unless `stay`."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the forger
+        try:
+            os.close(write_end)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            target = "\0" + address[1:] if address.startswith("@") else address
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(text.encode(), target)
+            if stay:
+                os.read(read_end, 1)  # until the test closes the pipe
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    if not stay:
+        os.waitpid(pid, 0)
+        os.close(write_end)
+        return pid
+    return write_end  # closing it ends the forger
+
+
+def test_forged_ready_is_not_believed(hotswapd: Start) -> None:
+    """READY=1 forged from outside the candidate's tree is ignored with its reason (uid
+    65534; a sender that exited before the read; one alive in another group), and only
+    the candidate's own READY=1 commits."""
+    run = hotswapd([*NOTIFY_GATED, "--health-timeout", "30s"], [*NOTIFIER], pid1=False)
+    run.wait_stdout("ready (pid:")
+    run.signal(signal.SIGUSR2)
+    spawned = run.wait_event("swap_spawned")
+    run.wait_stdout("ready (pid:", count=2)
+    candidate = own_child(run, int(spawned["pid"]))
+    address = environ_of(candidate)["NOTIFY_SOCKET"]  # what /proc/net/unix lists to anyone
+    # Hold hotswapd (our own child) still, so the forgers are surely gone before the read.
+    os.kill(run.pid, signal.SIGSTOP)
+    wait_until(lambda: proc_state(run.pid) == "T", 10, "hotswapd stopped")
+    forge(address, "READY=1\nSTATUS=forged by nobody", uid=65534)
+    gone = forge(address, "READY=1\nSTATUS=forged and gone", uid=0)
+    os.kill(run.pid, signal.SIGCONT)
+    wait_until(lambda: len(notify_lines(run, "IGNORED")) >= 2, 10,
+               lambda: f"forgeries ignored\n{run.tail()}")  # fmt: skip
+    alive = forge(address, "READY=1\nSTATUS=forged, alive", uid=0, stay=True)
+    try:
+        wait_until(lambda: len(notify_lines(run, "IGNORED")) >= 3, 10, "third forgery ignored")
+    finally:
+        os.close(alive)
+    reasons = [notify_fields(e)["IGNORED"] for e in notify_lines(run, "IGNORED")]
+    assert "sender uid 65534 is not the generation's" in reasons[0]
+    assert f"sender pid {gone} exited before its message was read" in reasons[1]
+    assert "is not in generation 2's process group or tree" in reasons[2]
+    assert not run.events("swap_finished")  # nothing was believed
+    os.kill(candidate, signal.SIGUSR1)  # now the candidate itself says READY=1
+    finished = run.wait_event("swap_finished", timeout=15)
+    assert finished["outcome"] == "committed"
+    believed = [e for e in notify_lines(run, "READY") if "IGNORED" not in notify_fields(e)]
+    assert [e["sender_pid"] for e in believed] == [candidate]
+
+
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_real_systemd_notify_is_believed(hotswapd: Start, user: str) -> None:
+    """`systemd-notify --ready` run by the server's shell passes the credential check, as
+    root (stamped with its parent's pid) and as another user (its own pid, alive at the
+    barrier)."""
+    if shutil.which("systemd-notify") is None:
+        pytest.skip("systemd-notify is not installed (apt-get install systemd)")
+    options = [*NOTIFY_GATED, "--health-timeout", "15s"]
+    if user != "root":
+        options += ["--user", user]
+    script = "echo ready $$; systemd-notify --ready --status=serving; exec sleep 300"
+    run = hotswapd(options, ["/bin/sh", "-c", script])
+    run.wait_stdout("ready")
+    run.signal(signal.SIGUSR2)
+    finished = run.wait_event("swap_finished", timeout=20)
+    assert finished["outcome"] == "committed", finished
+    assert run.wait_event("swap_notified")["status"] == "serving"
+    assert not notify_lines(run, "IGNORED")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_notify_flood_is_bounded_and_cannot_crash_the_handler(hotswapd: Start) -> None:
+    """A 2 s flood of datagrams with GENERATION/EVENT/EXC_INFO fields costs PID 1 little CPU,
+    yields a bounded number of log lines and one DROPPED summary, no traceback; the READY=1
+    after it still commits the swap."""
+    run = hotswapd([*NOTIFY_GATED, "--health-timeout", "20s"], [*NOTIFIER, "--flood", "2"],
+                   pid1=False)  # fmt: skip
+    run.wait_stdout("ready (pid:")
+    before = cpu_seconds(run.pid)
+    flooded = run.wait_stdout("flooded", timeout=15)[0]
+    used = cpu_seconds(run.pid) - before
+    sent = int(flooded.split()[1].partition("=")[2])
+    summary = wait_until(lambda: notify_lines(run, "DROPPED"), 10, "the DROPPED summary")
+    dropped = int(notify_fields(summary[0])["DROPPED"])
+    assert dropped > 0
+    reported = len(run.events("sd_notify"))
+    # 20 at once, then 10/s over the 2 s flood, plus the summary and the READY=1.
+    assert reported <= 20 + 10 * 3 + 5, (reported, sent)
+    assert used < 0.6, f"hotswapd used {used:.2f} s CPU in a 2 s flood of {sent}"
+    assert not [line for line in run.stderr_lines if "Traceback" in line or "TypeError" in line]
+    hostile = [e for e in run.events("sd_notify") if "OTHER_FIELDS" in notify_fields(e)]
+    assert hostile  # GENERATION, EVENT, EXC_INFO, PID, LEVEL: counted, never keys of the line
+    assert {(e["generation"], e["level"]) for e in hostile} == {(1, "info")}
+    run.signal(signal.SIGUSR2)  # the candidate floods too, then says READY=1
+    finished = run.wait_event("swap_finished", timeout=30)
+    assert finished["outcome"] == "committed", finished
