@@ -8,17 +8,22 @@ stalls), and the whole chain against the flaky Go test server through a real soc
 from __future__ import annotations
 
 import asyncio
+import http.client
 import math
+import os
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from hotswapd.boot.units import BadValue
 from hotswapd.gates import analysis, scrape
 from hotswapd.gates.analysis import Measure, Rule, parse_rule, series_key
+from tests.helpers import REPO, go_binary
 
 ERROR_RULE = (
     'error-ratio=sum(http_requests_total{code=~"5.."}) / sum(http_requests_total) '
@@ -485,3 +490,120 @@ def test_a_huge_header_is_refused() -> None:
     payload = b"HTTP/1.1 200 OK\r\nX-Junk: " + b"a" * (200 << 10) + b"\r\n\r\n"
     with pytest.raises(scrape.ScrapeError, match="header"):
         go(payload)
+
+
+# --------------------------------------------------------------------------- the flaky server
+
+FLAKY_SRC = REPO / "tests" / "servers"
+
+
+@pytest.fixture(scope="module")
+def flaky(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
+    """Build tests/servers/flaky once per set of -X knobs."""
+    out_dir = tmp_path_factory.mktemp("flaky")
+    built: dict[str, Path] = {}
+
+    def build(version: str, knobs: str = "") -> Path:
+        ldflags = f"-X main.version={version} {knobs}".strip()
+        if ldflags not in built:
+            out = out_dir / f"flaky-{len(built)}"
+            env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod",
+                       GOPROXY="off")  # fmt: skip
+            env.setdefault("GOCACHE", str(REPO / "build" / "gocache"))
+            env.setdefault("GOPATH", str(REPO / "build" / "gopath"))
+            subprocess.run([go_binary(), "build", "-o", str(out), "-ldflags", ldflags, "./flaky"],
+                           cwd=FLAKY_SRC, env=env, check=True)  # fmt: skip
+            built[ldflags] = out
+        return built[ldflags]
+
+    return build
+
+
+@pytest.fixture
+def serve_flaky() -> Iterator[Callable[[Path], int]]:
+    """Run a flaky build on a socket this test bound, inherited as fd 3 (LISTEN_FDS=1)."""
+    running: list[tuple[subprocess.Popen[bytes], socket.socket]] = []
+
+    def start(binary: Path) -> int:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)  # connections queue from here on: no need to wait for "ready"
+        fd = listener.fileno()
+        move = "" if fd == 3 else f"exec 3<&{fd} {fd}<&-; "  # fd 3 (bash: dash wants fds < 10)
+        script = f'{move}LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec "$0"'
+        child = subprocess.Popen(["bash", "-c", script, str(binary)], pass_fds=[fd],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        running.append((child, listener))
+        return int(listener.getsockname()[1])
+
+    yield start
+    for child, listener in running:
+        if child.poll() is None:
+            child.terminate()  # our own child, still unreaped: its pid is its own
+        child.wait(timeout=30)
+        listener.close()
+        assert child.stderr is not None
+        print(child.stderr.read().decode())
+
+
+def load(port: int, count: int) -> dict[int, int]:
+    """`count` GETs of / over one keep-alive connection; the answers' status counts."""
+    statuses: dict[int, int] = {}
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for _ in range(count):
+            connection.request("GET", "/")
+            response = connection.getresponse()
+            response.read()
+            statuses[response.status] = statuses.get(response.status, 0) + 1
+    finally:
+        connection.close()
+    return statuses
+
+
+def scrape_port(port: int) -> dict[analysis.SeriesKey, float]:
+    async def once() -> dict[analysis.SeriesKey, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return await scrape.scrape(reader, writer, "/metrics", f"127.0.0.1:{port}")
+
+    return asyncio.run(once())
+
+
+def canary_step(candidate: int, serving: int) -> analysis.StepVerdict:
+    """One step through real sockets: scrape both, 400 and 1200 requests, scrape, judge."""
+    steps = analysis.StepAnalysis([parse_rule(ERROR_RULE), parse_rule(LATENCY_RULE)], 100)
+    steps.begin(scrape_port(candidate), scrape_port(serving))
+    load(candidate, 400)
+    load(serving, 1200)
+    return steps.judge(scrape_port(candidate), scrape_port(serving), final=True)
+
+
+def test_a_five_percent_build_fails_the_error_rule_through_real_sockets(
+    flaky: Callable[[str, str], Path], serve_flaky: Callable[[Path], int]
+) -> None:
+    """A 5% error build fails error-ratio against a 0% build; the reason has both ratios."""
+    serving = serve_flaky(flaky("v1", ""))
+    candidate = serve_flaky(flaky("v2", "-X main.errorPercent=5"))
+    load(serving, 50)  # counters that already ran before the step must not count
+    result = canary_step(candidate, serving)
+    assert result.outcome == "fail"
+    assert result.reason == (
+        "error-ratio: candidate 5% (20 of 400 requests), serving 0% (0 of 1200 requests): "
+        "over 0.1% and over 1.5x the serving generation's"
+    )
+    latency = result.verdicts[1]
+    assert latency.status == "pass"
+    assert latency.candidate.requests == 400
+
+
+def test_an_unchanged_build_passes_every_rule_through_real_sockets(
+    flaky: Callable[[str, str], Path], serve_flaky: Callable[[Path], int]
+) -> None:
+    """The same build as candidate passes error-ratio and latency-p99."""
+    serving = serve_flaky(flaky("v1", ""))
+    candidate = serve_flaky(flaky("v1", ""))
+    result = canary_step(candidate, serving)
+    assert result.outcome == "pass", result.reason
+    assert [v.status for v in result.verdicts] == ["pass", "pass"]
+    assert result.verdicts[0].candidate.requests == 400
+    assert result.verdicts[0].serving.requests == 1200
