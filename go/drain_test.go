@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -386,5 +387,71 @@ func TestUserHooksAreKept(t *testing.T) {
 	}
 	if states.Load() < 3 { // new, active, idle (and closed)
 		t.Fatalf("the ConnState hook ran %d times", states.Load())
+	}
+}
+
+// BenchmarkKeepAliveRequest is the package's cost per request: one keep-alive
+// client on loopback against a bare http.Server and the same server under
+// Drain.Serve (its Connection: close wrapper and ConnState hook).
+func BenchmarkKeepAliveRequest(b *testing.B) {
+	for _, name := range []string{"plain", "drained"} {
+		b.Run(name, func(b *testing.B) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			srv := &http.Server{Handler: answer("hello")}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			if name == "plain" {
+				go func() { done <- srv.Serve(ln) }()
+			} else {
+				go func() { done <- Drain{Window: -1}.Serve(ctx, srv, ln) }()
+			}
+			conn, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			rd := bufio.NewReader(conn)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, _, err := get(conn, rd); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			conn.Close()
+			cancel()
+			if name == "plain" {
+				srv.Close()
+			}
+			<-done
+		})
+	}
+}
+
+// BenchmarkPerRequestOverhead isolates what Drain.Serve adds to every
+// request, without the network: its handler wrapper and the two ConnState
+// transitions (active, idle) a keep-alive request makes.
+func BenchmarkPerRequestOverhead(b *testing.B) {
+	req := httptest.NewRequest("GET", "/", nil)
+	for _, name := range []string{"plain", "drained"} {
+		b.Run(name, func(b *testing.B) {
+			srv := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})}
+			if name == "drained" {
+				watch(srv)
+			}
+			w := httptest.NewRecorder()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if srv.ConnState != nil {
+					srv.ConnState(nil, http.StateActive)
+				}
+				srv.Handler.ServeHTTP(w, req)
+				if srv.ConnState != nil {
+					srv.ConnState(nil, http.StateIdle)
+				}
+			}
+		})
 	}
 }
