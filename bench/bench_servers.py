@@ -52,6 +52,7 @@ import common
 from tests.helpers import go_binary, wait_until
 
 SERVERS_SRC = common.REPO / "tests" / "servers"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 GOAL_RPS_RATIO = 0.98
 HOTSWAPD_OPTIONS = [
     "--listen",
@@ -210,10 +211,16 @@ def run_hotswapd(program: Path, schedule: Schedule, script: Path, tmp: Path) -> 
             return time.monotonic() - sent
 
         figures, swap_s = drive(port, schedule, script, swap)
-        outcomes = [event.get("outcome") for event in proc.events("swap_finished")]
+        finished = proc.events("swap_finished")
+        outcomes = [event.get("outcome") for event in finished]
+        # The generations' CPU: hotswapd reaped every old one (their time is its
+        # children's), and the one serving now is alive.
+        _, reaped = cpu_ticks(proc.pid)
+        serving, _ = cpu_ticks(int(finished[-1]["active_pid"]))
+        cpu_s = (reaped + serving) / CLOCK_TICKS
     finally:
         proc.stop()
-    return summary(figures, swap_s, committed=outcomes.count("committed"))
+    return summary(figures, swap_s, outcomes.count("committed"), cpu_s)
 
 
 def run_tableflip(
@@ -267,13 +274,24 @@ def run_tableflip(
         upgrades = len(proc.stdout_with("ready")) - 1
     finally:
         proc.stop()
-    return summary(figures, swap_s, committed=upgrades)
+    return summary(figures, swap_s, upgrades, None)  # the old processes are init's to reap
 
 
-def summary(figures: dict[str, Any], swap_s: list[float], committed: int) -> dict[str, Any]:
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(utime + stime, cutime + cstime) of a process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def summary(
+    figures: dict[str, Any], swap_s: list[float], committed: int, cpu_s: float | None
+) -> dict[str, Any]:
     errors = {key: int(figures[key]) for key in ("connect", "read", "write", "status", "timeout")}
     seconds = figures["duration_us"] / 1e6
     return {
+        "server_cpu_s": cpu_s,
+        "server_cpu_us_per_request": per_request(cpu_s, int(figures["requests"])),
         "requests": int(figures["requests"]),
         "failed": sum(errors.values()),
         "errors": errors,
@@ -287,6 +305,10 @@ def summary(figures: dict[str, Any], swap_s: list[float], committed: int) -> dic
     }
 
 
+def per_request(cpu_s: float | None, requests: int) -> float | None:
+    return round(cpu_s * 1e6 / requests, 2) if cpu_s is not None and requests else None
+
+
 def add_up(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals over rounds: failures and swaps add up, requests/s is the whole run's."""
     if len(rounds) == 1:
@@ -294,7 +316,11 @@ def add_up(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     requests = sum(r["requests"] for r in rounds)
     seconds = sum(r["duration_s"] for r in rounds)
     errors = {key: sum(r["errors"][key] for r in rounds) for key in rounds[0]["errors"]}
+    cpus = [r["server_cpu_s"] for r in rounds]
+    cpu_s = None if None in cpus else sum(cpus)
     return {
+        "server_cpu_s": cpu_s,
+        "server_cpu_us_per_request": per_request(cpu_s, requests),
         "requests": requests,
         "failed": sum(errors.values()),
         "errors": errors,
@@ -380,8 +406,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             d["requests_per_s"] / p["requests_per_s"]
             for d, p in zip(per_round["drained"], per_round["plain"], strict=True)
         ]
+        cpu = (
+            servers["drained"]["server_cpu_us_per_request"]
+            / servers["plain"]["server_cpu_us_per_request"]
+        )
         out["goal"] = {
             "drained_failed": servers["drained"]["failed"],
+            "drained_vs_plain_cpu_per_request": round(cpu, 4),
             "drained_vs_plain_requests_per_s": round(ratio, 4),
             "drained_vs_plain_by_round": [round(r, 4) for r in by_round],
             "met": servers["drained"]["failed"] == 0 and ratio >= GOAL_RPS_RATIO,
@@ -407,10 +438,12 @@ def print_report(results: dict[str, Any]) -> None:
                 run["failed"],
                 kinds,
                 f"{run['requests_per_s']:.0f}",
+                run["server_cpu_us_per_request"] or "-",
                 f"{run['swaps_done']}/{run['swaps']}",
             ]
         )
-    print(common.table(["server", "requests", "failed", "failures", "req/s", "swaps"], rows))
+    headers = ["server", "requests", "failed", "failures", "req/s", "CPU µs/req", "swaps"]
+    print(common.table(headers, rows))
     if "goal" in results:
         goal = results["goal"]
         verdict = "met" if goal["met"] else "MISSED"
@@ -418,6 +451,10 @@ def print_report(results: dict[str, Any]) -> None:
             f"goal: hotswap.Serve 0 failed ({goal['drained_failed']}) and >= "
             f"{GOAL_RPS_RATIO:.0%} of plain's req/s "
             f"({goal['drained_vs_plain_requests_per_s']:.1%}): {verdict}"
+        )
+        print(
+            "  server CPU per request, hotswap.Serve / plain: "
+            f"{goal['drained_vs_plain_cpu_per_request']:.1%}"
         )
         rounds = ", ".join(f"{r:.1%}" for r in goal["drained_vs_plain_by_round"])
         print(f"  hotswap.Serve / plain req/s, round by round: {rounds}")
