@@ -35,10 +35,12 @@ type Drain struct {
 	// Window is the longest time every HTTP/1 response says
 	// "Connection: close", so that each connection closes cleanly after its
 	// next request and the client reconnects, to the next generation. It
-	// ends early once no connection is open. A client that sends nothing for
-	// the whole window has its idle connection closed by Shutdown: a request
-	// it sends just then is lost, so the window must be longer than the
-	// pause between requests of the clients that matter. Zero means
+	// ends early once no connection is open. A connection that sends nothing
+	// for the whole window is closed idle by Shutdown, and a client that
+	// sends on it without noticing loses that request (Go's Transport and
+	// browsers notice, or retry idempotent requests), so the window should
+	// be longer than the pause between requests of the clients that matter,
+	// and shorter than what the supervisor allows for the drain. Zero means
 	// DefaultWindow; negative means none: a plain Shutdown, which loses
 	// requests (for comparison).
 	Window time.Duration
