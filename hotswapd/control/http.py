@@ -167,9 +167,15 @@ class Server:
     """Accepts on `sock` (already bound and listening), within `limits`, for `handler`."""
 
     def __init__(
-        self, name: str, sock: socket.socket, handler: Handler, log: Any, limits: Limits
+        self,
+        events: tuple[str, str],
+        sock: socket.socket,
+        handler: Handler,
+        log: Any,
+        limits: Limits,
     ) -> None:
-        self.name = name
+        """`events`: the log events for a failed accept and a failed request handler."""
+        self.accept_failed, self.request_failed = events
         self.sock = sock
         self.handler = handler
         self.limits = limits
@@ -206,7 +212,7 @@ class Server:
                 # EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource. Stop accepting for a
                 # moment (the backlog keeps the clients waiting) instead of spinning.
                 self.trouble.warning(
-                    f"{self.name}_accept_failed",
+                    self.accept_failed,
                     error=exc.strerror or str(exc),
                     errno=errno.errorcode.get(exc.errno or 0, exc.errno),
                     retry_in_s=ACCEPT_RETRY_S,
@@ -245,9 +251,7 @@ class Server:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away: nothing to answer
         except Exception as exc:  # noqa: BLE001 - one line, never a traceback per request
-            self.trouble.warning(
-                f"{self.name}_request_failed", error=f"{type(exc).__name__}: {exc}"[:300]
-            )
+            self.trouble.warning(self.request_failed, error=f"{type(exc).__name__}: {exc}"[:300])
             await self._error(reply, 500, "internal error (see hotswapd's log)")
         finally:
             writer.close()

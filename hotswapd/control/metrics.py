@@ -221,7 +221,8 @@ async def start_metrics(config: Config, supervisor: Any, log: Any) -> Callable[[
         LIMITS.max_body,
         connection_cap(LIMITS.max_connections),
     )
-    server = Server("metrics", sock, metrics.handle, log, limits)
+    events = ("metrics_accept_failed", "metrics_request_failed")
+    server = Server(events, sock, metrics.handle, log, limits)
     server.start()
     host, port = sock.getsockname()[:2]
     log.info("metrics_listening", address=f"{host}:{port}", path="/metrics")

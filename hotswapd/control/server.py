@@ -264,7 +264,8 @@ async def start_control(config: Config, supervisor: Any, log: Any) -> Callable[[
         LIMITS.max_body,
         connection_cap(LIMITS.max_connections),
     )
-    server = Server("control", sock, control.handle, log, limits)
+    events = ("control_accept_failed", "control_request_failed")
+    server = Server(events, sock, control.handle, log, limits)
     server.start()
     log.info("control_listening", path=path, mode="0600")
 
