@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +175,79 @@ def test_oversized_head_is_a_bounded_400(hotswapd: Start, app: Path, tmp_path: P
     assert scrape(address)[1][("hotswapd_active_generation", ())] == 1
     assert not any("LineTooLong" in line or "Traceback" in line for line in served.run.stderr_lines)
     assert not any("a" * 100 in line for line in served.run.stderr_lines)  # not echoed
+
+
+def test_out_of_fds_is_one_line_not_a_traceback_per_accept() -> None:
+    """EMFILE on accept pauses accepting and logs one line per 10 s, not one per attempt."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - reports through the pipe, ends by _exit
+        code = 1
+        try:
+            code = _serve_out_of_fds(write_fd)
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with open(read_fd) as pipe:
+        report = json.loads(pipe.read() or "{}")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, report
+    assert report["answered"] >= 1  # it kept serving once fds were free again
+    assert len(report["warnings"]) == 1, report
+    event, fields = report["warnings"][0]
+    assert event == "metrics_accept_failed"
+    assert fields["errno"] == "EMFILE"
+
+
+def _serve_out_of_fds(report_fd: int) -> int:
+    """In a forked child: a Server with no fd to spare, 20 clients, then fds freed."""
+    import asyncio
+    import resource
+
+    from hotswapd.control import http as control_http
+
+    warnings: list[tuple[str, dict[str, Any]]] = []
+
+    class Log:
+        def warning(self, event: str, **fields: Any) -> None:
+            warnings.append((event, fields))
+
+    async def handler(request: control_http.Request, reply: control_http.Reply) -> None:
+        await reply.json(200, {"ok": True})
+
+    async def main() -> int:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        events = ("metrics_accept_failed", "metrics_request_failed")
+        server = control_http.Server(events, listener, handler, Log(), control_http.Limits())
+        server.start()
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(20)]
+        for client in clients:
+            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        # No fd left: every accept fails until the spare ones are closed again.
+        spare = []
+        with contextlib.suppress(OSError):
+            while True:
+                spare.append(os.open("/dev/null", os.O_RDONLY))
+        # Wait (bounded) until the accept has failed three times, paused in between.
+        deadline = time.monotonic() + 15
+        while server.trouble.dropped.get("metrics_accept_failed", 0) < 2:
+            assert time.monotonic() < deadline, "accept never failed three times"
+            await asyncio.sleep(0.05)
+        for fd in spare:
+            os.close(fd)
+        answered = 0
+        loop = asyncio.get_running_loop()
+        for client in clients[:3]:
+            client.setblocking(False)
+            data = await asyncio.wait_for(loop.sock_recv(client, 100), 10)
+            answered += data.startswith(b"HTTP/1.1 200")
+        await server.close(1.0)
+        return answered
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    answered = asyncio.run(main())
+    os.write(report_fd, json.dumps({"answered": answered, "warnings": warnings}).encode())
+    return 0
