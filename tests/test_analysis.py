@@ -313,6 +313,18 @@ def test_step_analysis_keeps_an_inconclusive_window_open() -> None:
     assert not steps.extending
 
 
+def test_fail_fast_answers_only_failures_and_keeps_the_window() -> None:
+    """A mid-step look fails a bad candidate at once and leaves a good window open."""
+    steps = analysis.StepAnalysis([parse_rule(ERROR_RULE)], min_requests=100)
+    steps.begin(requests(0), requests(0))
+    assert steps.fail_fast(requests(30), requests(3000)) is None  # too little, no error yet
+    failed = steps.fail_fast(requests(30, 1), requests(3000))
+    assert failed is not None
+    assert failed.outcome == "fail"
+    assert "even if the next 69 requests succeed" in failed.reason
+    assert steps.judge(requests(200), requests(6000)).outcome == "pass"  # same window start
+
+
 def test_step_analysis_fails_when_any_rule_fails() -> None:
     """The step fails if one rule fails, and its reason is that rule's."""
     rules = [parse_rule(ERROR_RULE), parse_rule(LATENCY_RULE)]

@@ -606,27 +606,32 @@ class StepAnalysis:
     `judge()` with them at its end. A window that was inconclusive keeps its start:
     the next step's `begin()` is ignored, so its judgement covers both steps' traffic.
     The scrape at one step's end may serve as the next one's start.
+
+    `fail_fast()` is a look in the middle of a step (scrape both every second or so):
+    it answers only a failure and leaves the window as it is, so a bad candidate loses
+    its weight a scrape interval after its errors begin, not at the end of the step.
     """
 
-    __slots__ = ("rules", "min_requests", "_start")
+    __slots__ = ("rules", "min_requests", "_start", "_extended")
 
     def __init__(self, rules: Iterable[Rule], min_requests: int = DEFAULT_MIN_REQUESTS) -> None:
         self.rules = tuple(rules)
         self.min_requests = min_requests
         self._start: tuple[Snapshot, Snapshot] | None = None
+        self._extended = False
 
     @property
     def extending(self) -> bool:
-        """Whether the current window began in an earlier step (it was inconclusive)."""
-        return self._start is not None
+        """Whether the open window began in an earlier step (that one was inconclusive)."""
+        return self._extended
 
     def begin(self, candidate: Snapshot, serving: Snapshot) -> None:
         if self._start is None:
             self._start = (candidate, serving)
 
-    def judge(self, candidate: Snapshot, serving: Snapshot, *, final: bool = False) -> StepVerdict:
+    def _verdicts(self, candidate: Snapshot, serving: Snapshot, final: bool) -> StepVerdict:
         if self._start is None:
-            raise RuntimeError("StepAnalysis.judge() before begin()")
+            raise RuntimeError("StepAnalysis: judge() or fail_fast() before begin()")
         start_candidate, start_serving = self._start
         verdicts = tuple(
             evaluate(
@@ -646,6 +651,17 @@ class StepAnalysis:
             outcome = "extend"
         else:
             outcome = "pass"
-        if outcome != "extend":
-            self._start = None
         return StepVerdict(outcome, verdicts)
+
+    def judge(self, candidate: Snapshot, serving: Snapshot, *, final: bool = False) -> StepVerdict:
+        """The verdict at the end of a step; `final` for the last step before cutover."""
+        verdict = self._verdicts(candidate, serving, final)
+        self._extended = verdict.outcome == "extend"
+        if not self._extended:
+            self._start = None
+        return verdict
+
+    def fail_fast(self, candidate: Snapshot, serving: Snapshot) -> StepVerdict | None:
+        """The failing verdict if a rule already fails mid-step, else None (window kept)."""
+        verdict = self._verdicts(candidate, serving, final=False)
+        return verdict if verdict.outcome == "fail" else None
