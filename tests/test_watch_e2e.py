@@ -130,8 +130,11 @@ def test_idle_hotswapd_in_inotify_mode_never_wakes_up(hotswapd: Start, tmp_path:
     shutil.copy2("/bin/sleep", program)
     counts = {}
     for mode in ("inotify", "auto"):
+        # A control socket of its own: anything that probes the shared default path
+        # (another hotswapd starting on this host) would wake this one up.
+        own = ["--control-socket", str(tmp_path / f"{mode}.sock")]
         run = hotswapd(
-            ["--watch-mode", mode, "--poll-interval", "200ms", "--watch", str(program)],
+            [*own, "--watch-mode", mode, "--poll-interval", "200ms", "--watch", str(program)],
             [str(program), "300"],
             pid1=False,
         )
