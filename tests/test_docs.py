@@ -67,8 +67,8 @@ from tests.test_examples import (
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md"] + [
     REPO / "docs" / f"{name}.md"
-    for name in ("quickstart", "go-integration", "swap", "watching", "containers", "operations",
-                 "troubleshooting", "design")
+    for name in ("quickstart", "go-integration", "servers", "swap", "watching", "containers",
+                 "operations", "troubleshooting", "design")
 ]  # fmt: skip
 PAGE_IDS = [page.relative_to(REPO).as_posix() for page in PAGES]
 SOURCE = "\n".join(path.read_text() for path in sorted((REPO / "hotswapd").rglob("*.py")))
@@ -78,7 +78,8 @@ EXAMPLE_SERVER = ("/app/server", "/app/bin/server")  # where the docs put the ex
 SHELL_LANGS = ("sh", "bash", "shell")
 OPERATORS = ("&&", "||", "|", ";")
 # Flags of other tools that the prose names in backticks next to hotswapd's own.
-OTHER_FLAGS = {"--network": "docker run", "-t": "docker run", "-v": "docker run", "-o": "go build"}
+OTHER_FLAGS = {"--network": "docker run", "-t": "docker run", "-v": "docker run", "-o": "go build",
+               "--no-control-socket": "gunicorn"}
 DOCKER_RUN_VALUE = {"--name", "-p", "--publish", "-e", "--env", "-v", "--volume", "--entrypoint",
                     "--stop-timeout", "--user", "-u", "--tmpfs", "--sysctl", "--ulimit",
                     "--restart", "--network", "-w", "--mount"}  # fmt: skip
