@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(libcap-dev gcc python3-venv python3-dev tini runc wrk systemd util-linux procps
-              iproute2 hyperfine curl)
+              iproute2 hyperfine curl patchelf nginx
+              golang-github-coreos-go-systemd-dev golang-github-cloudflare-tableflip-dev)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -24,12 +25,14 @@ PYTHON=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
 if [[ ! -e $stamp ]]; then
     log=$(mktemp)
+    # Runtime dependencies pinned by requirements.lock (the image uses the same lock);
     # compat editable mode: a plain path entry, not an import hook that costs ~13 ms at start
     if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-           .venv/bin/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+           .venv/bin/python -m pip install -q -e '.[dev]' -c requirements.lock \
+               --config-settings editable_mode=compat
          } >"$log" 2>&1; then
         cat "$log" >&2; echo "bootstrap: pip install failed" >&2; exit 1
     fi

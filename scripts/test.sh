@@ -11,8 +11,14 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 echo "== mypy"
 .venv/bin/mypy
-echo "== go vet / go test (example server)"
-(cd docker/server && ../../.venv/bin/go vet ./... && ../../.venv/bin/go test ./...)
+export GOPROXY=off
+echo "== go vet / go test (the hotswap package, the example server, the test servers)"
+go=$PWD/.venv/bin/go
+for module in go docker/server tests/servers tests/servers/gosystemd tests/servers/tableflip; do
+    (cd "$module" && "$go" vet ./... && "$go" test ./...)
+done
+echo "== docker engine (for tests/test_docker.py)"
+bash scripts/docker.sh >/dev/null
 echo "== pytest"
 .venv/bin/pytest -q -p no:cacheprovider "$@"
 echo "== smoke on other Pythons"
