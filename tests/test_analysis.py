@@ -409,6 +409,27 @@ def test_a_scrape_reads_every_body_framing(payload: bytes) -> None:
     }
 
 
+def test_parse_keeps_only_the_metrics_the_rules_read() -> None:
+    """With `keep`, other lines are dropped before the parser (even malformed ones)."""
+    rule = parse_rule(LATENCY_RULE)
+    text = (
+        "# TYPE go_goroutines gauge\ngo_goroutines 12\nnot a valid line {{{\n"
+        "# TYPE http_request_duration_seconds histogram\n"
+        'http_request_duration_seconds_bucket{code="200",le="0.1"} 3\n'
+        'http_request_duration_seconds_bucket{code="200",le="+Inf"} 4\n'
+        'http_request_duration_seconds_sum{code="200"} 0.5\n'
+        'http_request_duration_seconds_count{code="200"} 4\n'
+    )
+    snapshot = scrape.parse(text, rule.metrics)
+    assert snapshot == {
+        series_key("http_request_duration_seconds_bucket", {"code": "200", "le": "0.1"}): 3.0,
+        series_key("http_request_duration_seconds_bucket", {"code": "200", "le": "+Inf"}): 4.0,
+    }
+    assert analysis.measure(rule, snapshot).requests == 4
+    with pytest.raises(scrape.ScrapeError):
+        scrape.parse(text)  # without `keep`, the malformed line is the parser's
+
+
 def test_a_scrape_asks_for_the_text_format() -> None:
     """The request is a GET of the path with Accept: text/plain and Connection: close."""
     seen: list[bytes] = []

@@ -132,13 +132,38 @@ async def read_response(reader: asyncio.StreamReader, max_bytes: int = DEFAULT_M
     return await _body(reader, headers, max_bytes)
 
 
+def _kept_lines(text: str, keep: Collection[str]) -> str:
+    """The exposition with only the samples named in `keep` (and every comment line).
+
+    prometheus_client's parser costs ~40-60 µs per sample line, on the event loop; a
+    line's sample name is everything before its `{` or first blank, so dropping the
+    lines no rule reads is a str scan, and a large /metrics costs only what is used.
+    """
+    kept: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            kept.append(line)  # HELP and TYPE: a few per family, and they type the samples
+            continue
+        end = len(line)
+        for stop in ("{", " ", "\t"):
+            at = line.find(stop)
+            if 0 <= at < end:
+                end = at
+        if line[:end] in keep:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
 def parse(body: bytes | str, keep: Collection[str] | None = None) -> dict[SeriesKey, float]:
     """A Snapshot of the exposition: every sample (or those named in `keep`) by series.
 
     A sample name appearing twice with one label set keeps its last value; a body that
-    is not the text format raises ScrapeError with the parser's complaint.
+    is not the text format raises ScrapeError with the parser's complaint (only about
+    the kept lines, when `keep` is given).
     """
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    if keep is not None:
+        text = _kept_lines(text, keep)
     snapshot: dict[SeriesKey, float] = {}
     try:
         for family in text_string_to_metric_families(text):
