@@ -268,3 +268,11 @@ def test_a_program_that_cannot_start_leaves_no_socket_behind(tmp_path: Path) -> 
     assert exit_code == 127
     assert len(run.stderr_lines) == 1
     assert not (tmp_path / "ctl").exists()
+
+
+def test_empty_env_values_mean_unset() -> None:
+    """An empty HOTSWAPD_USER or HOTSWAPD_CONTROL_SOCKET (a blank compose variable) is unset/off."""
+    config = build_config({}, ["/bin/true"], {"HOTSWAPD_USER": "", "HOTSWAPD_CONTROL_SOCKET": ""})
+    assert not config.user
+    assert config.no_new_privs is False
+    assert config.control_socket == ""

@@ -256,17 +256,16 @@ def text(value: object) -> str:
 
 
 def path_text(value: object) -> str:
-    """A filesystem path (or a word such as `off`): a non-empty string."""
-    path = need_str(value, 'give the path as text, e.g. "/run/hotswapd/control.sock"')
-    if not path.strip():
-        raise BadValue("the path is empty")
-    return path
+    """A filesystem path, or `off` (an empty value is `off` too: `HOTSWAPD_CONTROL_SOCKET=`)."""
+    return need_str(value, 'give the path as text, e.g. "/run/hotswapd/control.sock"')
 
 
 def parse_user(value: object) -> str:
     """NAME[:GROUP] with numeric ids in range; the names are looked up before the first fork."""
     hint = "use NAME, NAME:GROUP, UID or UID:GID"
     raw = need_str(value, hint).strip()
+    if not raw:
+        return raw  # `HOTSWAPD_USER=` (an empty compose variable): no --user, as before
     user, sep, group = raw.partition(":")
     if not user or (sep and not group) or ":" in group:
         raise BadValue(hint)
