@@ -276,3 +276,11 @@ def test_empty_env_values_mean_unset() -> None:
     assert not config.user
     assert config.no_new_privs is False
     assert config.control_socket == ""
+
+
+def test_listen_ipv6_literals_are_checked() -> None:
+    """An IPv6 listen address is checked as the kernel reads it; a link-local scope is kept."""
+    flags = parse_flags(["--listen", "a=tcp://[fe80::1%lo]:80", "--listen", "b=tcp://[::1]:0"])[0]
+    assert [spec.host for spec in build_config(flags, ["x"], {}).listen] == ["fe80::1%lo", "::1"]
+    with pytest.raises(UsageError, match="invalid value 'tcp://\\[::g\\]:80'"):
+        build_config(parse_flags(["--listen", "tcp://[::g]:80"])[0], ["x"], {})

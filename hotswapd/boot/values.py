@@ -209,7 +209,8 @@ def parse_listen(value: object, index: int = 0) -> ListenSpec:
     if not colon or not (port_text.isascii() and port_text.isdigit()) or "/" in host:
         raise BadValue(hint)
     if host.startswith("["):
-        if not host.endswith("]") or not _ipv6(host[1:-1]):
+        address, _, zone = host[1:-1].partition("%")  # fe80::1%eth0: a link-local scope
+        if not host.endswith("]") or not _ipv6(address) or "%" in zone:
             raise BadValue(hint)
         host = host[1:-1]
     elif ":" in host or "[" in host or "]" in host:
