@@ -91,6 +91,7 @@ def test_probes_fail_probation_only_in_a_row() -> None:
 def test_memory_growth_over_the_previous_generation_fails_probation() -> None:
     """RSS past --max-memory-growth of the previous generation's at commit fails it."""
     watch = probation()
+    assert watch.rss_delta_at_commit == -10 * MIB
     assert watch.on_memory(105, 140 * MIB).outcome == "watching"  # 1.4x: within 1.5x
     assert watch.rss_delta == 40 * MIB
     failed = watch.on_memory(110, 300 * MIB)

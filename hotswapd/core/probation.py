@@ -127,8 +127,14 @@ class Probation:
         return self._decision
 
     @property
+    def rss_delta_at_commit(self) -> int:
+        """Our RSS at commit minus the previous generation's then (a golden signal)."""
+        return self.rss_at_commit - self.baseline_rss
+
+    @property
     def rss_delta(self) -> int:
-        """RSS at the last sample minus the previous generation's at commit (a golden signal)."""
+        """RSS at the last sample minus the previous generation's at commit: at the end of
+        probation, the other golden signal."""
         return self.rss_last - self.baseline_rss
 
     def _decide(self, outcome: Literal["passed", "failed"], reason: str) -> Decision:

@@ -28,6 +28,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,7 +45,10 @@ var (
 )
 
 // ballast keeps the grown memory referenced so the GC never frees it.
-var ballast []byte
+var (
+	ballastMu sync.Mutex
+	ballast   []byte
+)
 
 // knobs is one build's behaviour, from the -X values, then the flags.
 type knobs struct {
@@ -146,7 +150,9 @@ func (s *server) grow() {
 		for i := 0; i < len(b); i += os.Getpagesize() {
 			b[i] = 1 // touch every page, so the growth is resident (VmRSS)
 		}
+		ballastMu.Lock()
 		ballast = b
+		ballastMu.Unlock()
 		log.Printf("grew by %d MiB after %s", s.knobs.growMiB, s.knobs.growAfter)
 	})
 }

@@ -132,3 +132,21 @@ func TestHealthHangsAfterItsTime(t *testing.T) {
 		t.Fatal("/healthz did not give up with its client")
 	}
 }
+
+func TestMemoryGrowsAfterItsTime(t *testing.T) {
+	s := &server{knobs: mustKnobs(t, "-grow-after", "10ms", "-grow-mib", "3")}
+	s.grow()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ballastMu.Lock()
+		size := len(ballast)
+		ballastMu.Unlock()
+		if size == 3<<20 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 5s the ballast is %d bytes, want 3 MiB", size)
+		}
+		time.Sleep(time.Millisecond) // polling a condition with a deadline
+	}
+}
