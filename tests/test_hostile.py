@@ -222,3 +222,39 @@ def test_a_notify_flood_is_bounded_and_cannot_crash_the_handler(hotswapd: Start)
     run.signal(signal.SIGUSR2)  # the candidate floods too, then says READY=1
     finished = run.wait_event("swap_finished", timeout=30)
     assert finished["outcome"] == "committed", finished
+
+
+# ----------------------------------------------------------------------------- terminal
+
+
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: [state, ppid, pgrp, session, tty_nr, tpgid, …]."""
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()
+
+
+def test_pid1_with_a_terminal_gives_it_to_the_server(hotswapd: Start) -> None:
+    """As PID 1 with a terminal on stdin (docker run -it), each generation's group is the
+    terminal's foreground group (tpgid == pgid), a restarted one too (hotswapd took it back
+    when the first was reaped), and hotswapd ignores SIGTTIN/SIGTTOU."""
+    master, slave = os.openpty()
+    try:
+        # setsid -c: PID 1 leads its own session with the pty as its terminal, as in runc.
+        run = hotswapd(["--on-exit", "restart"], [*CHILD], stdin=slave, wrapper=["setsid", "-c"])
+        os.close(slave)
+        inside = int(run.wait_stdout("ready (pid:")[0].split()[-1].rstrip(")"))
+        first = own_child(run, inside)
+        state = stat_fields(first)
+        assert (int(state[2]), int(state[5])) == (first, first), state  # pgrp, tpgid
+        run.wait_event("supervising")  # its signal dispositions are in
+        status = Path(f"/proc/{run.pid}/status").read_text()
+        ignored = int(status.split("SigIgn:")[1].split()[0], 16)
+        for sig in (signal.SIGTTIN, signal.SIGTTOU):
+            assert ignored & (1 << (sig - 1)), f"{sig.name} not ignored by hotswapd"
+        os.kill(first, signal.SIGKILL)
+        restarted = run.wait_event("restarted", timeout=15)
+        second = own_child(run, int(restarted["pid"]))
+        wait_until(lambda: stat_fields(second)[5] == str(second), 10,
+                   lambda: f"generation 2 to hold the terminal: {stat_fields(second)}")  # fmt: skip
+    finally:
+        os.close(master)

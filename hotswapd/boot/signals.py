@@ -34,8 +34,13 @@ BLOCKED_AT_START: frozenset[int] = HANDLED | {sigbits.SIGCHLD}
 
 
 def block_startup_signals() -> None:
-    """Keep every handled signal pending until the event loop can take it."""
+    """Keep every handled signal pending until the event loop can take it.
+
+    Called before generation 1 is spawned, which is also the last moment to see whether
+    hotswapd holds a terminal's foreground (see "The terminal" below).
+    """
     sigbits.block(BLOCKED_AT_START)
+    _terminal[:] = [os.getpid() == 1 and foreground_is_ours()]
 
 
 def install(
@@ -47,6 +52,9 @@ def install(
     pipe_fd = _pipe_signalfd()
     for sig in sorted(HANDLED):
         if sig == _SIGPIPE and pipe_fd is not None:
+            continue
+        if sig in _TTY_STOPS and hands_terminal():
+            _ignore(sig)  # see "The terminal": never forwarded then
             continue
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(sigbits.SIGCHLD, on_child)
@@ -60,7 +68,7 @@ def install(
 
 def uninstall(loop: asyncio.AbstractEventLoop) -> None:
     for sig in sorted(BLOCKED_AT_START):
-        loop.remove_signal_handler(sig)
+        loop.remove_signal_handler(sig)  # TTIN/TTOU, when ignored, have none and stay so
     while _installed_pipe_fd:
         fd = _installed_pipe_fd.pop()
         loop.remove_reader(fd)
@@ -107,3 +115,77 @@ def name(sig: int) -> str:
     from hotswapd.boot.units import signal_name
 
     return signal_name(sig)
+
+
+# The terminal. `docker run -it` gives PID 1 a terminal on stdin with PID 1's group in the
+# foreground. Each generation runs in a process group of its own (stop and kill reach all
+# it spawned), so unless its group is made the terminal's foreground group, the server is
+# a background job there: a read from the terminal stops it with SIGTTIN, and Ctrl-C and
+# Ctrl-Z reach hotswapd rather than the server. As tini does: a generation spawned while
+# hotswapd holds the foreground takes it (in the child, after setpgid: spawn.py), the
+# terminal comes back to hotswapd when that generation's leader is reaped (core/reaper.py)
+# so a restarted one can take it in turn, and a swap passes it from the old generation to
+# the new at the cutover (`pass_terminal`). hotswapd itself then ignores SIGTTIN and
+# SIGTTOU: as a background process it would raise them at itself by taking the terminal
+# back (or by logging to it under `stty tostop`), and forwarding them would stop the server.
+# Only as PID 1: under a shell's job control (not PID 1), Ctrl-Z would stop the server's
+# group while the shell watches hotswapd's, and the terminal would hang; there hotswapd keeps
+# the foreground and forwards what the terminal sends, as before.
+_TTY_STOPS = frozenset({sigbits.number("SIGTTIN") or 21, sigbits.number("SIGTTOU") or 22})
+_terminal: list[bool] = []  # [hands the terminal to its generations], decided at start
+
+
+def _ignore(sig: int) -> None:
+    import signal  # after the spawn: loaded by asyncio already
+
+    signal.signal(sig, signal.SIG_IGN)
+
+
+def foreground_is_ours() -> bool:
+    """Is stdin a terminal whose foreground process group is this process's group?"""
+    try:
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:  # not a terminal, or no controlling terminal
+        return False
+
+
+def hands_terminal() -> bool:
+    """Does hotswapd give its generations the terminal (PID 1 with a terminal)?"""
+    return bool(_terminal and _terminal[0])
+
+
+def pass_terminal(from_pgid: int, to_pgid: int) -> bool:
+    """Move the terminal's foreground from group `from_pgid` to `to_pgid`, if it is there.
+
+    Safe to call without a terminal (does nothing). SIGTTOU is blocked around the call: a
+    background process that changes the foreground would otherwise be sent it.
+    """
+    if not hands_terminal():
+        return False
+    previous = sigbits.block(_TTY_STOPS)
+    try:
+        if os.tcgetpgrp(0) != from_pgid:
+            return False
+        os.tcsetpgrp(0, to_pgid)
+    except OSError:  # the terminal is gone (hung up), or the group already is
+        return False
+    finally:
+        sigbits.set_mask(previous)
+    return True
+
+
+def take_terminal() -> bool:
+    """In a forked child in its own new group: become the terminal's foreground group.
+
+    A hung-up terminal must not fail the spawn, so an error is only a False.
+    """
+    try:
+        os.tcsetpgrp(0, os.getpid())
+    except OSError:
+        return False
+    return True
+
+
+def reclaim_terminal(pgid: int) -> bool:
+    """Take the terminal back from generation group `pgid` (its leader was just reaped)."""
+    return pass_terminal(pgid, os.getpgrp())

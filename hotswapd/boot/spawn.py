@@ -19,7 +19,7 @@ import resource
 # Imported here, not in the child: an import after fork runs again at every spawn.
 import prctl
 
-from hotswapd.boot import sigbits
+from hotswapd.boot import sigbits, signals
 from hotswapd.boot.listeners import SD_LISTEN_FDS_START
 from hotswapd.errors import EXIT_FAILURE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, SpawnError
 
@@ -190,7 +190,14 @@ def _resource_error(spec: ChildSpec, step: str, exc: OSError) -> SpawnError:
 def _child(spec: ChildSpec, error_fd: int, parent_pid: int) -> None:
     step = _STEP_SETUP
     try:
+        # Before setpgid, while still in hotswapd's group: does that group hold the terminal?
+        take_terminal = signals.hands_terminal() and signals.foreground_is_ours()
         os.setpgid(0, 0)  # its own group: stop and kill reach all it spawned, nothing else
+        if take_terminal:
+            # The server in the terminal's foreground, as tini does (boot/signals.py, "The
+            # terminal"). Every signal is blocked here, SIGTTOU too, so a background group
+            # may take the foreground without being stopped for it.
+            signals.take_terminal()
         sigbits.reset_dispositions()  # SigIgn = 0: also undoes Python's SIGPIPE ignore
         error_fd, exec_fd = _place_fds(spec, error_fd)
         if spec.credentials is not None:

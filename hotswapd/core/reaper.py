@@ -13,6 +13,8 @@ import contextlib
 import os
 from collections.abc import Callable
 
+from hotswapd.boot.signals import reclaim_terminal
+
 
 class Reaper:
     """Collects every child status and hands managed ones to their owners."""
@@ -48,6 +50,9 @@ class Reaper:
                 continue
             if not future.done():
                 future.set_result(status)
+            # A generation's leader is its group's id: if that group held the terminal,
+            # hotswapd takes it back now, so the next generation can be given it.
+            reclaim_terminal(pid)
             self._on_exit(pid, status)
         if reaped_any:
             self._reaped.set()
