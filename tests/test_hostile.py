@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +259,76 @@ def test_pid1_with_a_terminal_gives_it_to_the_server(hotswapd: Start) -> None:
                    lambda: f"generation 2 to hold the terminal: {stat_fields(second)}")  # fmt: skip
     finally:
         os.close(master)
+
+
+# ----------------------------------------------------------------------------- reaping
+
+MEMORY_HOG = [sys.executable, str(REPO / "tests" / "children" / "memory_hog.py")]
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[Path]:
+    """A memory cgroup (v1 or v2) of 256 MiB without swap, below the test's own; removed after."""
+    cgroups = [line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()]
+    base: Path | None = None
+    for _, controllers, path in cgroups:
+        if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            base = Path("/sys/fs/cgroup") / path.lstrip("/")
+            limits = {"memory.max": "256M", "memory.swap.max": "0"}
+        elif "memory" in controllers.split(","):
+            base = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            limits = {"memory.limit_in_bytes": "256M", "memory.memsw.limit_in_bytes": "256M"}
+        else:
+            continue
+        if base.is_dir():
+            break
+        base = None
+    if base is None:
+        pytest.skip("no memory cgroup to make a limited one under")
+    group = base / f"hotswapd-test-{os.getpid()}"
+    try:
+        group.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot create a memory cgroup: {exc}")
+    try:
+        for name, value in limits.items():
+            if (group / name).exists():
+                (group / name).write_text(value)
+        yield group
+    finally:
+        # Requested before `hotswapd`, so its runs are torn down first: the group empties.
+        wait_until(lambda: not (group / "cgroup.procs").read_text().split(), 10, "cgroup empty")
+        group.rmdir()
+
+
+def in_cgroup(group: Path) -> list[str]:
+    """A wrapper that moves hotswapd into `group` before it starts."""
+    return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(group)]
+
+
+def test_an_oom_killed_generation_is_named_as_such(memory_cgroup: Path, hotswapd: Start) -> None:
+    """A generation the OOM killer ends is logged as out of memory (the cgroup's oom_kill
+    moved); one SIGKILLed by a person is not."""
+    run = hotswapd(["--on-exit", "restart"], [*MEMORY_HOG], wrapper=in_cgroup(memory_cgroup))
+    inside = int(run.wait_stdout("ready (pid:")[0].split()[-1].rstrip(")"))
+    run.wait_event("supervising")
+    os.kill(own_child(run, inside), signal.SIGKILL)  # a person's SIGKILL: no OOM
+    restarted = run.wait_event("restarted", timeout=15)
+    run.wait_stdout("ready (pid:", count=2)
+    os.kill(own_child(run, int(restarted["pid"])), signal.SIGUSR1)  # grow until OOM-killed
+    oom = run.wait_event("oom_killed", timeout=30)
+    assert oom["pid"] == restarted["pid"]
+    assert "out of memory" in oom["note"]
+    assert len(run.events("oom_killed")) == 1  # not for the first, killed by hand
+    exits = run.events("child_exited")
+    assert [e["status"] for e in exits[:2]] == ["signal 9 (SIGKILL)"] * 2, exits
+
+
+def test_each_reaped_orphan_is_one_debug_line(hotswapd: Start) -> None:
+    """PID 1 logs one debug line per orphan it reaps, with its pid and status (tini -w)."""
+    run = hotswapd(["--log-level", "debug"], [*CHILD, "--orphans", "3"])
+    run.wait_stdout("orphans 3")
+    run.wait_event("orphan_reaped", count=3, timeout=10)
+    lines = run.events("orphan_reaped")
+    assert all(line["status"] == "exit 0" and line["pid"] > 1 for line in lines)
+    assert len({line["pid"] for line in lines}) == 3

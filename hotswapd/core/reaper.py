@@ -3,7 +3,12 @@
 Design note: PID 1 must own waitpid. asyncio's subprocess child watchers and
 `subprocess.Popen.wait` call waitpid too, and whichever runs first steals the other's
 status, so hotswapd never uses them. Orphans re-parented to us (as PID 1, or as a
-child subreaper) are reaped here too and counted.
+child subreaper) are reaped here too, counted, and logged at debug level (tini -w).
+
+A child killed by SIGKILL may have been killed by the kernel's OOM killer, or by a
+person. Only the cgroup knows: its `oom_kill` counter (memory.events in cgroup v2,
+memory.oom_control in v1) is read when such a status is reaped and compared with the
+last reading, so "out of memory" is said only when the counter moved, never as a guess.
 """
 
 from __future__ import annotations
@@ -11,19 +16,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import Callable
+from typing import Any
 
 from hotswapd.boot.signals import reclaim_terminal
+from hotswapd.errors import describe_status
+from hotswapd.log import get_logger
+
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 class Reaper:
     """Collects every child status and hands managed ones to their owners."""
 
-    def __init__(self, on_exit: Callable[[int, int], None]) -> None:
+    def __init__(self, on_exit: Callable[[int, int], None], log: Any = None) -> None:
         self._waiters: dict[int, asyncio.Future[int]] = {}
         self._on_exit = on_exit
         self._reaped = asyncio.Event()
         self.orphans_reaped = 0
+        self._log = log if log is not None else get_logger()
+        self._oom_kills = oom_kills()  # the counter as last read
+        self.oom_killed: set[int] = set()  # managed pids whose SIGKILL was an OOM kill
 
     def watch(self, pid: int) -> asyncio.Future[int]:
         """The future that receives `pid`'s raw wait status; register right after fork."""
@@ -44,10 +58,23 @@ class Reaper:
             if pid == 0:
                 break
             reaped_any = True
+            oom = self._oom_moved() if _killed(status) else None
             future = self._waiters.pop(pid, None)
             if future is None:
                 self.orphans_reaped += 1
+                self._log.debug("orphan_reaped", pid=pid, status=describe_status(status),
+                                oom_kill=oom is not None)  # fmt: skip
                 continue
+            if oom is not None:
+                self.oom_killed.add(pid)
+                self._log.warning(
+                    "oom_killed",
+                    pid=pid,
+                    note=f"killed by SIGKILL — out of memory: the cgroup's oom_kill count "
+                    f"went from {oom[0]} to {oom[1]}",
+                    fix="raise the container's memory limit, or find what grows "
+                    "(--max-memory-growth gates a swap on it)",
+                )
             if not future.done():
                 future.set_result(status)
             # A generation's leader is its group's id: if that group held the terminal,
@@ -74,6 +101,61 @@ class Reaper:
             with contextlib.suppress(TimeoutError):  # the fallback re-check
                 await asyncio.wait_for(self._reaped.wait(), min(remaining, 0.25))
         return True
+
+    def _oom_moved(self) -> tuple[int, int] | None:
+        """(before, after) when the cgroup's oom_kill counter moved since the last read."""
+        before, after = self._oom_kills, oom_kills()
+        if after is not None:
+            self._oom_kills = after
+        if before is None or after is None or after <= before:
+            return None
+        return before, after
+
+
+def _killed(status: int) -> bool:
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def oom_kills(proc_cgroup: str = "/proc/self/cgroup", root: str = CGROUP_ROOT) -> int | None:
+    """The OOM kills counted in this process's memory cgroup; None when it cannot be read.
+
+    Children run in hotswapd's cgroup, so its counter is theirs. The cgroup's own path
+    first, then the mount's root: inside a cgroup namespace the path /proc names may not
+    exist under /sys/fs/cgroup, and the root is then the container's own cgroup.
+    """
+    try:
+        with open(proc_cgroup) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            base, name = root, "memory.events"
+        elif "memory" in controllers.split(","):
+            base, name = os.path.join(root, "memory"), "memory.oom_control"
+        else:
+            continue
+        for directory in (os.path.join(base, path.lstrip("/")), base):
+            count = _counter(os.path.join(directory, name), "oom_kill")
+            if count is not None:
+                return count
+    return None
+
+
+def _counter(path: str, key: str) -> int | None:
+    try:
+        with open(path) as handle:
+            for line in handle:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def group_alive(pgid: int) -> bool:
