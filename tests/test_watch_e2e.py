@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness import fd_links
-from tests.helpers import GO_SERVER_SRC, go_binary, wait_until
+from tests.helpers import GO_SERVER_SRC, REPO, go_binary, wait_until
 from tests.load import Load
 
 Start = Any
@@ -28,13 +28,21 @@ OPTIONS = [
 ]
 
 
-def go_build(out: Path, version: str) -> None:
+def source_snapshot(root: Path) -> Path:
+    """A copy of the example server and the Go package it imports, so that two builds in
+    one test see the same sources even while the checkout is being edited."""
+    shutil.copytree(GO_SERVER_SRC, root / "docker" / "server")
+    shutil.copytree(REPO / "go", root / "go")  # go.mod: replace ... => ../../go
+    return root / "docker" / "server"
+
+
+def go_build(out: Path, version: str, src: Path) -> None:
     """`go build -o` straight into the watched path, as a developer's rebuild does."""
     env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
-    env.setdefault("GOCACHE", str(GO_SERVER_SRC.parent.parent / "build" / "gocache"))
+    env.setdefault("GOCACHE", str(REPO / "build" / "gocache"))
     subprocess.run(
         [go_binary(), "build", "-o", str(out), "-ldflags", f"-X main.version={version}", "."],
-        cwd=GO_SERVER_SRC,
+        cwd=src,
         env=env,
         check=True,
     )
@@ -47,11 +55,12 @@ def test_go_build_into_the_watched_path_under_load(
     program = tmp_path / "bin" / "server"
     program.parent.mkdir()
     shutil.copy2(go_server("v1"), program)
+    src = source_snapshot(tmp_path / "src")
     run = hotswapd([*OPTIONS, "--watch", str(program)], [str(program)])
     port = run.port()
     run.wait_event("supervising")
     with Load(port, connections=4) as load:
-        go_build(program, "v2")
+        go_build(program, "v2", src)
         finished = run.wait_event("swap_finished", timeout=30)
         count = load.count()
         wait_until(lambda: load.count() > count + 50, 10, "load after the swap")
@@ -61,7 +70,7 @@ def test_go_build_into_the_watched_path_under_load(
     assert set(result.versions) == {"v1", "v2"}
     assert len(run.events("swap_requested", source="watch")) == 1
     before = program.stat()
-    go_build(program, "v2")  # up to date: go touches the file's mtime, or leaves it alone
+    go_build(program, "v2", src)  # up to date: go touches the file's mtime, or leaves it alone
     after = program.stat()
     touched = (after.st_ino, after.st_mtime_ns, after.st_ctime_ns) != (
         before.st_ino,
