@@ -303,15 +303,15 @@ def doctor_as_nobody_with_private_run(args: list[str]) -> tuple[int, list[str]]:
 
 def test_unsearchable_control_dir_is_one_finding() -> None:
     """A root-owned 0750 /run/hotswapd seen by another uid: one clear line, no traceback
-    (explicit path: fail; default path: skipped, the next default is used and said why)."""
+    (explicit path: the run mode's own exit-2 line; default path: skipped, the next default
+    is used and said why)."""
     code, lines = doctor_as_nobody_with_private_run(
         ["--control-socket", "/run/hotswapd/control.sock"]
     )
     assert code == 1, lines
     assert line(lines, "fail  control:") == (
-        "fail  control: cannot look at /run/hotswapd/control.sock: Permission denied for uid "
-        "65534: /run/hotswapd is not searchable (owner uid 0, mode 0750) — give "
-        "--control-socket a path in a directory uid 65534 can write"
+        "fail  control: /run/hotswapd/control.sock: /run/hotswapd is not writable by uid 65534 "
+        "(choose a writable directory)"
     )
     code, lines = doctor_as_nobody_with_private_run([])
     assert code == 0, lines

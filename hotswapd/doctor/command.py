@@ -275,13 +275,12 @@ def check_control(config: Config) -> Iterator[Finding]:
             "give --control-socket PATH in a directory only this user can write",
         )
         return
+    unreachable = ""
     try:
         state = socket_state(path)
         mode = stat.S_IMODE(os.stat(path).st_mode) if state == "live" else 0
     except OSError as exc:  # a root-owned 0750 /run/hotswapd, seen by another uid
-        fix = f"give --control-socket a path in a directory uid {os.geteuid()} can write"
-        yield Finding("fail", "control", _unreachable(path, exc), fix)
-        return
+        state, unreachable = "unreachable", _unreachable(path, exc)
     if state == "live":
         level = "fail" if mode & 0o077 else "ok"
         yield Finding(
@@ -292,11 +291,16 @@ def check_control(config: Config) -> Iterator[Finding]:
         )
         return
     problem = server_problem(path) if explicit else None
-    if problem:
+    if problem:  # the very line the run mode exits 2 with
         yield Finding("fail", "control", problem.removeprefix("--control-socket "))
-        return
-    stale = " (replacing a stale socket)" if state == "stale" else ""
-    yield Finding("ok", "control", f"{path} will be created mode 0600{stale}{passed}")
+    elif state == "unreachable":
+        fix = f"give --control-socket a path in a directory uid {os.geteuid()} can write"
+        yield Finding("fail", "control", unreachable, fix)
+    elif state == "not-a-socket":
+        yield Finding("fail", "control", f"{path} exists and is not a socket", "remove it")
+    else:
+        stale = " (replacing a stale socket)" if state == "stale" else ""
+        yield Finding("ok", "control", f"{path} will be created mode 0600{stale}{passed}")
 
 
 def diagnose(config: Config) -> list[Finding]:
