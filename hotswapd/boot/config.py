@@ -505,10 +505,11 @@ def build_config(
             raw_file = file_values[option.name]
             if option.repeat and not isinstance(raw_file, list):
                 raw_file = [raw_file]
-            values[option.name] = _convert(option, raw_file, f"{config_path}: {option.name}")
+            where = f"{show(config_path)[1:-1]}: {option.name}"
+            values[option.name] = _convert(option, raw_file, where)
     argv_command = tuple(command)
     if not argv_command and "command" in file_values:
-        argv_command = _file_command(file_values["command"], str(config_path))
+        argv_command = _file_command(file_values["command"], show(config_path)[1:-1])
     if require_command and not argv_command:
         raise UsageError("no program given: hotswapd [OPTIONS] -- PROGRAM [ARGS...]")
     _check_listen_names(values.get("listen", ()))
