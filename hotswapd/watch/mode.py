@@ -4,7 +4,7 @@
 `--poll-interval` (mounts over directories, filesystems that lose events); "poll" only
 stats. "auto" drops to "poll" when the kernel refuses (ENOSPC, EMFILE) or the filesystem
 is one where inotify is blind, and says which sysctl or mount is to blame; "inotify"
-refuses to start instead. doctor calls `choose` itself, so what it predicts is what the
+refuses to start instead. doctor calls `attempt` itself, so what it predicts is what the
 watcher will do, with the same words.
 """
 
@@ -70,10 +70,10 @@ def open_watches(directories: Iterable[str]) -> tuple[DirectoryWatches | None, t
     return watches, ("", "")
 
 
-def choose(requested: str, directories: Iterable[str], poll_interval: float) -> ModeChoice:
-    """Decide the mode for these directories; raises WatchError for an impossible inotify.
+def attempt(requested: str, directories: Iterable[str], poll_interval: float) -> ModeChoice:
+    """The mode these directories get; a failed inotify gives "poll" with the reason and fix.
 
-    The caller owns (and closes) the returned watches.
+    The caller owns (and closes) the returned watches. doctor calls this directly.
     """
     if requested not in MODES:
         raise ValueError(f"watch mode {requested!r}: use auto, inotify or poll")
@@ -86,10 +86,16 @@ def choose(requested: str, directories: Iterable[str], poll_interval: float) -> 
         watches, failure = open_watches(directories)
     if watches is None:
         reason, fix = failure
-        if requested == "inotify":
-            raise WatchError(refusal(reason, fix))
         return ModeChoice("poll", reason, fix)
     if requested == "inotify":
         return ModeChoice("inotify", "--watch-mode inotify (no periodic stat)", watches=watches)
     reason = f"inotify, with a stat safety net every {poll_interval:g}s"
     return ModeChoice("auto", reason, watches=watches)
+
+
+def choose(requested: str, directories: Iterable[str], poll_interval: float) -> ModeChoice:
+    """`attempt`, except that --watch-mode inotify without inotify raises WatchError."""
+    choice = attempt(requested, directories, poll_interval)
+    if requested == "inotify" and choice.fell_back:
+        raise WatchError(refusal(choice.reason, choice.fix))
+    return choice
