@@ -325,6 +325,19 @@ def test_fail_fast_answers_only_failures_and_keeps_the_window() -> None:
     assert steps.judge(requests(200), requests(6000)).outcome == "pass"  # same window start
 
 
+def test_an_unreadable_serving_generation_leaves_the_absolute_bound() -> None:
+    """Serving scrapes that failed (None) drop the factor: the absolute bound decides."""
+    rules = [parse_rule(ERROR_RULE)]
+    noisy = analysis.StepAnalysis(rules, min_requests=100)
+    noisy.begin(requests(0), None)
+    result = noisy.judge(requests(980, 20), requests(9800, 200))  # 2%: the factor cannot help
+    assert result.outcome == "fail"
+    assert "serving no value (0 of 0 requests)" in result.reason
+    clean = analysis.StepAnalysis(rules, min_requests=100)
+    clean.begin(requests(0), requests(100))
+    assert clean.judge(requests(1000), None).outcome == "pass"
+
+
 def test_step_analysis_fails_when_any_rule_fails() -> None:
     """The step fails if one rule fails, and its reason is that rule's."""
     rules = [parse_rule(ERROR_RULE), parse_rule(LATENCY_RULE)]

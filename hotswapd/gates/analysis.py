@@ -607,6 +607,10 @@ class StepAnalysis:
     the next step's `begin()` is ignored, so its judgement covers both steps' traffic.
     The scrape at one step's end may serve as the next one's start.
 
+    A serving generation whose scrape failed is passed as None: the window then
+    compares by the absolute bounds only (a factor has nothing to compare with), so
+    an unreadable serving generation never rolls a candidate back by itself.
+
     `fail_fast()` is a look in the middle of a step (scrape both every second or so):
     it answers only a failure and leaves the window as it is, so a bad candidate loses
     its weight a scrape interval after its errors begin, not at the end of the step.
@@ -617,7 +621,7 @@ class StepAnalysis:
     def __init__(self, rules: Iterable[Rule], min_requests: int = DEFAULT_MIN_REQUESTS) -> None:
         self.rules = tuple(rules)
         self.min_requests = min_requests
-        self._start: tuple[Snapshot, Snapshot] | None = None
+        self._start: tuple[Snapshot, Snapshot | None] | None = None
         self._extended = False
 
     @property
@@ -625,14 +629,16 @@ class StepAnalysis:
         """Whether the open window began in an earlier step (that one was inconclusive)."""
         return self._extended
 
-    def begin(self, candidate: Snapshot, serving: Snapshot) -> None:
+    def begin(self, candidate: Snapshot, serving: Snapshot | None) -> None:
         if self._start is None:
             self._start = (candidate, serving)
 
-    def _verdicts(self, candidate: Snapshot, serving: Snapshot, final: bool) -> StepVerdict:
+    def _verdicts(self, candidate: Snapshot, serving: Snapshot | None, final: bool) -> StepVerdict:
         if self._start is None:
             raise RuntimeError("StepAnalysis: judge() or fail_fast() before begin()")
         start_candidate, start_serving = self._start
+        if start_serving is None or serving is None:  # no increase: nothing to compare with
+            start_serving = serving = start_serving or serving or {}
         verdicts = tuple(
             evaluate(
                 rule,
@@ -653,7 +659,9 @@ class StepAnalysis:
             outcome = "pass"
         return StepVerdict(outcome, verdicts)
 
-    def judge(self, candidate: Snapshot, serving: Snapshot, *, final: bool = False) -> StepVerdict:
+    def judge(
+        self, candidate: Snapshot, serving: Snapshot | None, *, final: bool = False
+    ) -> StepVerdict:
         """The verdict at the end of a step; `final` for the last step before cutover."""
         verdict = self._verdicts(candidate, serving, final)
         self._extended = verdict.outcome == "extend"
@@ -661,7 +669,7 @@ class StepAnalysis:
             self._start = None
         return verdict
 
-    def fail_fast(self, candidate: Snapshot, serving: Snapshot) -> StepVerdict | None:
+    def fail_fast(self, candidate: Snapshot, serving: Snapshot | None) -> StepVerdict | None:
         """The failing verdict if a rule already fails mid-step, else None (window kept)."""
         verdict = self._verdicts(candidate, serving, final=False)
         return verdict if verdict.outcome == "fail" else None
