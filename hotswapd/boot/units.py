@@ -209,7 +209,7 @@ def signal_problem(role: str, number: int) -> str | None:
         if number == sigbits.SIGKILL:
             return f"KILL cannot be caught; {_SWAP_HINT}"
         if number in _MEANS_STOP:
-            return f"{name} means stop (docker stop, Ctrl-C, STOPSIGNAL); {_SWAP_HINT}"
+            return f"{name} means stop (docker stop, Ctrl-C or Ctrl-\\, STOPSIGNAL); {_SWAP_HINT}"
         if number in _FROM_KERNEL:
             return f"{name} is sent by the kernel or the terminal, not by people; {_SWAP_HINT}"
     if role == "drain" and number == sigbits.SIGKILL:
