@@ -259,10 +259,16 @@ class Invocation:
 
 @functools.cache
 def image() -> tuple[list[str], dict[str, str], set[str]]:
-    """The example image's ENTRYPOINT, its HOTSWAPD_* environment and its build ARGs."""
-    stages = dockerfile_stages((REPO / "docker" / "Dockerfile").read_text())
+    """The example image's ENTRYPOINT, its HOTSWAPD_* environment and its build ARGs
+    (those before the first FROM too: `--build-arg BUILDER_IMAGE=…` picks a base image)."""
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    stages = dockerfile_stages(text)
     runtime = stages[-1]
-    args = {a.split("=")[0] for stage in stages for a in stage.all("ARG")}
+    instructions = dockerfile_instructions(text)
+    first_from = next(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    lines = [a for k, a in instructions[:first_from] if k == "ARG"]
+    lines += [a for stage in stages for a in stage.all("ARG")]
+    args = {word.split("=")[0] for line in lines for word in shlex.split(line)}
     return exec_form(runtime.one("ENTRYPOINT")), hotswapd_env(env_assignments(runtime)), args
 
 
