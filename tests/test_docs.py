@@ -60,6 +60,8 @@ from tests.test_examples import (
     exec_form,
     hotswapd_env,
     hotswapd_lists,
+    logged_events,
+    package_trees,
     parse_yaml,
     run_config,
 )
@@ -71,6 +73,7 @@ PAGES = [REPO / "README.md"] + [
                  "operations", "troubleshooting", "design")
 ]  # fmt: skip
 PAGE_IDS = [page.relative_to(REPO).as_posix() for page in PAGES]
+LOGGED = logged_events(package_trees())  # event names the package's syntax tree logs
 SOURCE = "\n".join(path.read_text() for path in sorted((REPO / "hotswapd").rglob("*.py")))
 GO_MAIN = REPO / "docker" / "server" / "main.go"
 GO_FLAGS = set(re.findall(r'flag\.\w+\(\s*"([\w-]+)"', GO_MAIN.read_text()))
@@ -78,8 +81,13 @@ EXAMPLE_SERVER = ("/app/server", "/app/bin/server")  # where the docs put the ex
 SHELL_LANGS = ("sh", "bash", "shell")
 OPERATORS = ("&&", "||", "|", ";")
 # Flags of other tools that the prose names in backticks next to hotswapd's own.
-OTHER_FLAGS = {"--network": "docker run", "-t": "docker run", "-v": "docker run", "-o": "go build",
-               "--no-control-socket": "gunicorn"}
+OTHER_FLAGS = {
+    "--network": "docker run",
+    "-t": "docker run",
+    "-v": "docker run",
+    "-o": "go build",
+    "--no-control-socket": "gunicorn",
+}
 DOCKER_RUN_VALUE = {"--name", "-p", "--publish", "-e", "--env", "-v", "--volume", "--entrypoint",
                     "--stop-timeout", "--user", "-u", "--tmpfs", "--sysctl", "--ulimit",
                     "--restart", "--network", "-w", "--mount"}  # fmt: skip
@@ -427,7 +435,7 @@ def key_drift(doc: Any, real: Any, path: str = "$") -> list[str]:
 
 def emitted(event: str) -> bool:
     """Whether hotswapd logs this event: a string literal, a swap phase, or an f-string."""
-    if f'"{event}"' in SOURCE or f"'{event}'" in SOURCE:
+    if event in LOGGED or f'"{event}"' in SOURCE or f"'{event}'" in SOURCE:
         return True
     phase = re.escape(event.removeprefix("swap_"))
     if event.startswith("swap_") and re.search(rf'_phase\(\s*"{phase}"', SOURCE):
@@ -621,9 +629,25 @@ def test_yaml_blocks_match_the_shipped_files() -> None:
                     assert os.path.dirname(watch.path) in mounts, f"{block.where()}: not mounted"
 
 
+GO_SOURCES = [GO_MAIN, *sorted((REPO / "go").glob("*.go")),
+              *sorted((REPO / "tests" / "servers").rglob("*.go"))]  # fmt: skip
+
+
+def _in_order(lines: list[str], source: list[str]) -> bool:
+    position = 0
+    for line in lines:
+        try:
+            position = source.index(line, position) + 1
+        except ValueError:
+            return False
+    return True
+
+
 def test_go_blocks_quote_the_example_server(tmp_path: Path) -> None:
-    """Go blocks are lines of docker/server/main.go in order; the go-systemd one is valid Go."""
-    source = [_go_line(line) for line in GO_MAIN.read_text().splitlines()]
+    """Go blocks are lines of one of the project's Go files in order (the example server, the
+    package, the test servers); the go-systemd one is valid Go."""
+    sources = {path: [_go_line(line) for line in path.read_text().splitlines()]
+               for path in GO_SOURCES}  # fmt: skip
     gofmt = Path(subprocess.run([go_binary(), "env", "GOROOT"], capture_output=True, text=True,
                                 check=True).stdout.strip()) / "bin" / "gofmt"  # fmt: skip
     blocks = all_blocks("go")
@@ -642,13 +666,8 @@ def test_go_blocks_quote_the_example_server(tmp_path: Path) -> None:
                                     check=False)  # fmt: skip
             assert result.returncode == 0, f"{block.where()}: not Go: {result.stderr}"
             continue
-        position = 0
-        for line in lines:
-            try:
-                position = source.index(line, position) + 1
-            except ValueError:
-                where = block.where()
-                raise AssertionError(f"{where}: not in main.go (in order): {line}") from None
+        if not any(_in_order(lines, source) for source in sources.values()):
+            raise AssertionError(f"{block.where()}: not an excerpt (in order) of any Go file")
 
 
 def _go_line(line: str) -> str:
@@ -731,7 +750,7 @@ def doc_events(page: Path) -> list[tuple[str, str]]:
     for match in re.finditer(r'"event": ?"([^"]+)"', text):
         found.append((f"{rel(page)}:{text.count(chr(10), 0, match.start()) + 1}", match.group(1)))
     for line, span in inline_code(page):
-        if re.fullmatch(r"(swap|signal|control|metrics|child|restart)_[a-z_]+", span):
+        if re.fullmatch(r"(swap|signal|control|metrics|child|restart|watch)_[a-z_]+", span):
             found.append((f"{rel(page)}:{line}", span))
     for header, rows in tables(page):
         if header[:2] == ["event", "level"]:
@@ -1015,9 +1034,9 @@ def session(tmp_path_factory: pytest.TempPathFactory, built: dict[str, Path]) ->
         hotswapd("deploy", str(half))
         os.replace(cfg, tmp / "old.yaml")
         cfg.write_text("greeting: hi\n")
-        run.wait_event("fired")
+        run.wait_event("watch_fired")
         os.utime(cfg)
-        run.wait_event("ignored: touch only")
+        run.wait_event("watch_ignored", cause="touch_only")
         hotswapd("ctl", "signal", "HUP")
         hotswapd("ctl", "signal", "BOGUS")
         code, output = run_cli_as("nobody", "ctl", "--control-socket", str(sock), "status")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +33,7 @@ from hotswapd.gates import memory
 from hotswapd.host import cgroup, fsfacts, hashing, inotify_limits, mountinfo, shadow
 from hotswapd.watch import decide
 from hotswapd.watch.watcher import Watcher, WatchError
+from tests.helpers import REPO
 
 
 def watcher_mode(path: Path, mode: str = "auto") -> tuple[str, str]:
@@ -202,6 +204,29 @@ def test_mount_over_the_program_directory_same_words_in_doctor_and_run_mode(
     assert hint == f": {finding} ({fix})"
     assert shadow.missing_hint(str(tmp_path / "absent")) == ""
     assert shadow.program_hint(raised.value, ["server"]) == ""  # found through PATH: no mount
+
+
+def test_run_mode_names_the_mount_hiding_its_program(tmp_path: Path) -> None:
+    """hotswapd itself, not only doctor: exit 127 with one line naming the hiding mount."""
+    point = tmp_path / "mnt0"
+    point.mkdir()
+    (point / "server").write_bytes(b"#!/bin/sh\n")
+    (point / "server").chmod(0o755)
+    program = str(point / "server")
+    with tmpfs_over(point):
+        finding, fix = shadow.hidden_finding(program, shadow.hidden_by_mount(program))
+        ran = subprocess.run(
+            [sys.executable, "-m", "hotswapd", "--control-socket", "off", "--", program],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    assert ran.returncode == 127
+    assert ran.stderr.splitlines() == [
+        f"hotswapd: cannot run '{program}': No such file or directory: {finding} ({fix})"
+    ]
 
 
 def test_watched_directory_under_a_mount_hides_what_is_underneath(tmp_path: Path) -> None:

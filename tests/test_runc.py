@@ -409,7 +409,7 @@ def test_doctor_reports_tmpfs_hiding_watched_path(container: Container, go_serve
 def test_watcher_warns_when_tmpfs_is_mounted_over_watched_dir(container: Container,
                                                               go_server: Any) -> None:  # fmt: skip
     """A tmpfs mounted over the watched directory while hotswapd runs (`runc exec ... mount`):
-    the watcher logs a warning "mount changed under" that directory."""
+    the watcher logs a `watch_mount_changed` warning for that directory."""
     container.put(SERVER, go_server("v1"))
     container.put("/srv/cfg/app.conf", text="from the image\n")
     run, port = start_server(container, "--watch", "/srv/cfg/app.conf=signal:HUP",
@@ -418,7 +418,7 @@ def test_watcher_warns_when_tmpfs_is_mounted_over_watched_dir(container: Contain
     mounted = container.exec("mount", "-t", "tmpfs", "tmpfs", "/srv/cfg", caps=("CAP_SYS_ADMIN",))
     assert mounted.returncode == 0, mounted.stderr
     warning = wait_until(
-        lambda: [e for e in run.events("mount changed under /srv/cfg") if e["level"] == "warning"],
+        lambda: [e for e in run.events("watch_mount_changed", path="/srv/cfg") if e["level"] == "warning"],
         10,
         lambda: (
             f"the watcher's mount warning (watch mode {watching['mode']}: "

@@ -55,7 +55,9 @@ def run(config: Config) -> int:
         close_all(listeners)
         if prebound is not None:
             prebound.release()
-        print(f"hotswapd: {exc}", file=sys.stderr, flush=True)
+        from hotswapd.host.shadow import program_hint  # only on this error path: it forks
+
+        print(f"hotswapd: {exc}{program_hint(exc, config.command)}", file=sys.stderr, flush=True)
         return exc.exit_code
     spawned_ms = (time.monotonic() - started) * 1000
     prebound.release()  # until the control server and metrics take these sockets over
