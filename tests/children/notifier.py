@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """A child that speaks sd_notify, politely or not.
 
-It prints `ready (pid: N)` once its handlers are in. SIGUSR1 makes it send READY=1 to
-NOTIFY_SOCKET from its own process; SIGTERM ends it. With `--flood SECONDS` it first
-floods NOTIFY_SOCKET as fast as it can with datagrams whose fields collide with log
-keys (GENERATION, EVENT, EXC_INFO, PID), prints `flooded sent=N refused=M` and then
-sends one real READY=1.
+It prints `ready (pid: N)` once its handlers are in; SIGTERM ends it. SIGUSR1 makes it
+send READY=1 to NOTIFY_SOCKET from its own process — with `--flood SECONDS`, only after
+flooding NOTIFY_SOCKET for that long, as fast as it can, with datagrams whose fields
+collide with log keys (GENERATION, EVENT, EXC_INFO, PID, LEVEL); it then prints
+`flooded sent=N refused=M` first.
 """
 
 from __future__ import annotations
@@ -54,15 +54,18 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--flood", type=float, default=0.0, help="flood for this many seconds")
     args = parser.parse_args()
-    signal.signal(signal.SIGUSR1, lambda *_: notify("READY=1\nSTATUS=told to"))
+    told: list[bool] = []
+    signal.signal(signal.SIGUSR1, lambda *_: told.append(True))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     say(f"ready (pid: {os.getpid()})")
-    if args.flood:
-        sent, refused = flood(args.flood)
-        say(f"flooded sent={sent} refused={refused}")
-        notify("READY=1\nSTATUS=after the flood")
     while True:
         signal.pause()
+        while told:
+            told.pop()
+            if args.flood:
+                sent, refused = flood(args.flood)
+                say(f"flooded sent={sent} refused={refused}")
+            notify("READY=1\nSTATUS=told to")
 
 
 if __name__ == "__main__":
