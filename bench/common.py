@@ -279,6 +279,7 @@ def go_server(version: str) -> Path:
 
     out = BUILD / f"server-{version}"
     sources = [p for p in GO_SERVER_SRC.iterdir() if p.suffix in (".go", ".mod", ".sum")]
+    sources += [p for p in (REPO / "go").iterdir() if p.suffix in (".go", ".mod")]  # the package
     newest = max(p.stat().st_mtime for p in sources)
     if not out.exists() or out.stat().st_mtime < newest:
         BUILD.mkdir(parents=True, exist_ok=True)

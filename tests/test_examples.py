@@ -363,7 +363,7 @@ def test_dockerignore_keeps_build_outputs_out_of_the_context(stages: list[Stage]
     for path in outputs:
         assert excluded(path, patterns), f"{path} would be sent to the build"
     for path in ("pyproject.toml", "hotswapd/boot/config.py", "docker/server/main.go",
-                 "docker/server/go.mod"):  # fmt: skip
+                 "docker/server/go.mod", "go/go.mod", "go/listen.go"):  # fmt: skip
         assert not excluded(path, patterns), f"{path} is needed by the build"
     for stage in stages:
         for copy in stage.all("COPY"):
