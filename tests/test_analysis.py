@@ -2,7 +2,9 @@
 
 The rules are pure functions over snapshots, tested in-process; the scrape is tested
 against real local TCP servers (an honest one, one that sends too much, one that
-stalls), and the whole chain against the flaky Go test server through a real socket.
+stalls), and the whole chain against the flaky Go test server through real sockets:
+error-ratio and latency rules, liveness of a build whose health hangs, and probation of
+a build that grows after cutover.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from hotswapd.boot.units import BadValue
+from hotswapd.boot.values import DEFAULT_MEMORY_GROWTH
+from hotswapd.core.probation import Liveness, LivenessRule, Probation
 from hotswapd.gates import analysis, scrape
 from hotswapd.gates.analysis import Measure, Rule, parse_rule, series_key
-from tests.helpers import REPO, go_binary
+from hotswapd.gates.memory import tree_rss
+from tests.helpers import REPO, go_binary, wait_until
 
 ERROR_RULE = (
     'error-ratio=sum(http_requests_total{code=~"5.."}) / sum(http_requests_total) '
@@ -565,12 +571,19 @@ def flaky(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path
     return build
 
 
+class Running(NamedTuple):
+    """A flaky server this test started: where it listens and its pid (bash exec'd it)."""
+
+    port: int
+    pid: int
+
+
 @pytest.fixture
-def serve_flaky() -> Iterator[Callable[[Path], int]]:
+def serve_flaky() -> Iterator[Callable[[Path], Running]]:
     """Run a flaky build on a socket this test bound, inherited as fd 3 (LISTEN_FDS=1)."""
     running: list[tuple[subprocess.Popen[bytes], socket.socket]] = []
 
-    def start(binary: Path) -> int:
+    def start(binary: Path) -> Running:
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(128)  # connections queue from here on: no need to wait for "ready"
@@ -580,7 +593,7 @@ def serve_flaky() -> Iterator[Callable[[Path], int]]:
         child = subprocess.Popen(["bash", "-c", script, str(binary)], pass_fds=[fd],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         running.append((child, listener))
-        return int(listener.getsockname()[1])
+        return Running(int(listener.getsockname()[1]), child.pid)
 
     yield start
     for child, listener in running:
@@ -625,11 +638,11 @@ def canary_step(candidate: int, serving: int) -> analysis.StepVerdict:
 
 
 def test_a_five_percent_build_fails_the_error_rule_through_real_sockets(
-    flaky: Callable[[str, str], Path], serve_flaky: Callable[[Path], int]
+    flaky: Callable[[str, str], Path], serve_flaky: Callable[[Path], Running]
 ) -> None:
     """A 5% error build fails error-ratio against a 0% build; the reason has both ratios."""
-    serving = serve_flaky(flaky("v1", ""))
-    candidate = serve_flaky(flaky("v2", "-X main.errorPercent=5"))
+    serving = serve_flaky(flaky("v1", "")).port
+    candidate = serve_flaky(flaky("v2", "-X main.errorPercent=5")).port
     load(serving, 50)  # counters that already ran before the step must not count
     result = canary_step(candidate, serving)
     assert result.outcome == "fail"
@@ -643,13 +656,76 @@ def test_a_five_percent_build_fails_the_error_rule_through_real_sockets(
 
 
 def test_an_unchanged_build_passes_every_rule_through_real_sockets(
-    flaky: Callable[[str, str], Path], serve_flaky: Callable[[Path], int]
+    flaky: Callable[[str, str], Path], serve_flaky: Callable[[Path], Running]
 ) -> None:
     """The same build as candidate passes error-ratio and latency-p99."""
-    serving = serve_flaky(flaky("v1", ""))
-    candidate = serve_flaky(flaky("v1", ""))
+    serving = serve_flaky(flaky("v1", "")).port
+    candidate = serve_flaky(flaky("v1", "")).port
     result = canary_step(candidate, serving)
     assert result.outcome == "pass", result.reason
     assert [v.status for v in result.verdicts] == ["pass", "pass"]
     assert result.verdicts[0].candidate.requests == 400
     assert result.verdicts[0].serving.requests == 1200
+
+
+def health(port: int) -> tuple[bool, str]:
+    """One liveness probe of /healthz, bounded at 200 ms."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=0.2)
+    try:
+        connection.request("GET", "/healthz")
+        status = connection.getresponse().status
+    except OSError as exc:
+        return False, f"no answer ({type(exc).__name__})"
+    finally:
+        connection.close()
+    return status == 200, f"answered HTTP {status}"
+
+
+def test_liveness_asks_to_replace_a_build_whose_health_hangs(
+    flaky: Callable[[str, str], Path], serve_flaky: Callable[[Path], Running]
+) -> None:
+    """A build whose /healthz hangs after 1 s is asked to be replaced after 3 failed probes."""
+    server = serve_flaky(flaky("v1", "-X main.hangHealthAfter=1s"))
+    assert load(server.port, 1) == {200: 1}  # up: its 1 s started before this answer
+    live = Liveness(LivenessRule(0.1, 3))
+    outcomes: list[str] = []
+
+    def probe() -> bool:
+        decision = live.on_probe(*health(server.port))
+        outcomes.append(decision.outcome)
+        return decision.outcome == "replace"
+
+    wait_until(probe, timeout=15, what="liveness to ask for a replacement")
+    assert outcomes[0] == "ok"
+    assert outcomes[-3:] == ["failing", "failing", "replace"]
+    assert load(server.port, 5) == {200: 5}  # hung health, but the app still answers
+
+
+def test_probation_fails_a_build_that_grows_after_cutover(
+    flaky: Callable[[str, str], Path], serve_flaky: Callable[[Path], Running]
+) -> None:
+    """A build that grows by 96 MiB after 300 ms fails probation on memory; its twin passes."""
+    previous = serve_flaky(flaky("v1", ""))
+    leaky = serve_flaky(flaky("v2", "-X main.growAfter=300ms -X main.growMiB=96"))
+    steady = serve_flaky(flaky("v1", ""))
+    for server in (previous, leaky, steady):
+        assert load(server.port, 3) == {200: 3}  # all three up and serving
+    baseline = tree_rss(previous.pid)
+    assert baseline > 0
+
+    def watch(pid: int, seconds: float) -> Probation:
+        return Probation(seconds, time.monotonic(), baseline_rss=baseline,
+                         rss_at_commit=tree_rss(pid), rule=DEFAULT_MEMORY_GROWTH)  # fmt: skip
+
+    bad = watch(leaky.pid, 30.0)
+    wait_until(lambda: bad.on_memory(time.monotonic(), tree_rss(leaky.pid)).outcome != "watching",
+               timeout=15, what="probation to decide on the leaky build")  # fmt: skip
+    assert bad.decision is not None
+    assert bad.decision.outcome == "failed"
+    assert "during probation, memory grew from" in bad.decision.reason
+    assert bad.rss_delta > 64 << 20
+    good = watch(steady.pid, 1.0)
+    wait_until(lambda: good.on_memory(time.monotonic(), tree_rss(steady.pid)).outcome != "watching",
+               timeout=15, what="probation to decide on the steady build")  # fmt: skip
+    assert good.decision is not None
+    assert good.decision.outcome == "passed"
