@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import stat
@@ -642,3 +643,23 @@ def test_arbitrary_uid_explicit_unusable_path_is_exit_2(hotswapd: Start, open_di
     assert not any("Traceback" in line for line in run.stderr_lines), run.tail()
     (line,) = [line for line in run.stderr_lines if "/run/hotswapd/control.sock" in line]
     assert f"/run/hotswapd is not writable by uid {ARBITRARY_UID}" in line
+
+
+def test_status_into_a_closed_pipe_is_quiet(served: Served) -> None:
+    """`ctl status | true` (a reader that is gone) exits 0 with no BrokenPipeError traceback."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = (
+        f"{shlex.quote(sys.executable)} -m hotswapd ctl --control-socket "
+        f"{shlex.quote(served.sock)} status --json | true"
+    )
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
+    assert result.returncode == 0, result.stderr

@@ -211,4 +211,10 @@ def run(args: argparse.Namespace, path: str) -> int:
 def main(args: list[str]) -> int:
     namespace = parser().parse_args(args)
     path = client_path(getattr(namespace, "control_socket", None), os.environ)
-    return run(namespace, path)
+    try:
+        return run(namespace, path)
+    except BrokenPipeError:
+        # `ctl status | head`: the reader has what it wanted; no traceback, and no second
+        # error when the interpreter flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
