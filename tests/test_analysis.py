@@ -621,9 +621,13 @@ def load(port: int, count: int) -> dict[int, int]:
 
 
 def scrape_port(port: int) -> dict[analysis.SeriesKey, float]:
+    """Scrape /metrics over a socket connected first, as a steered probe connection is."""
+
     async def once() -> dict[analysis.SeriesKey, float]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return await scrape.scrape(reader, writer, "/metrics", f"127.0.0.1:{port}")
+        sock = socket.socket()
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        return await scrape.scrape_socket(sock, "/metrics", f"127.0.0.1:{port}")
 
     return asyncio.run(once())
 

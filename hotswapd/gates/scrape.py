@@ -21,6 +21,7 @@ from hotswapd.gates.analysis import series_key
 
 TYPE_CHECKING = False  # see boot/config.py
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Collection
 
     from hotswapd.gates.analysis import SeriesKey
@@ -201,3 +202,21 @@ async def scrape(
     finally:
         writer.close()
     return parse(body, keep)
+
+
+async def scrape_socket(
+    sock: socket.socket,
+    path: str,
+    host: str,
+    *,
+    keep: Collection[str] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    within: float = DEFAULT_TIMEOUT_S,
+) -> dict[SeriesKey, float]:
+    """`scrape` over a connected socket (what `ProbeSource.connect` gives); closes it."""
+    try:
+        reader, writer = await asyncio.open_connection(sock=sock)
+    except OSError as exc:
+        sock.close()
+        raise ScrapeError(f"the connection failed: {exc.strerror or exc}") from None
+    return await scrape(reader, writer, path, host, keep=keep, max_bytes=max_bytes, within=within)
