@@ -39,7 +39,9 @@ def serve(
     logging_setup.configure(config.log_format, config.log_level)
     log = logging_setup.get_logger()
     for listener in listeners:
-        log.info("listening", name=listener.name, address=listener.address(), adopted=adopted)
+        # Which mode each listener is in, and why, said once at start (docs/swap.md).
+        log.info("listening", name=listener.name, address=listener.address(), adopted=adopted,
+                 mode=listener.mode, why=listener.why)  # fmt: skip
     if is_pid1:
         log.info("init", role="pid1", note="reaping every orphan in this pid namespace")
     else:

@@ -354,13 +354,14 @@ def test_child_has_exactly_stdio_and_listeners_and_clean_signals(hotswapd: Start
     )
     inside = int(run.wait_stdout("ready")[0].split()[1])
     child = run.outside_pid(inside)
-    assert sorted(int(fd) for fd in os.listdir(f"/proc/{child}/fd")) == [0, 1, 2, 3, 4, 5]
+    # Exactly its two --listen sockets at fd 3 and 4 (issue 10: no `probe` fd any more).
+    assert sorted(int(fd) for fd in os.listdir(f"/proc/{child}/fd")) == [0, 1, 2, 3, 4]
     status = Path(f"/proc/{child}/status").read_text()
     assert "SigBlk:\t0000000000000000" in status
     assert "SigIgn:\t0000000000000000" in status
     environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
-    assert b"LISTEN_FDS=3" in environ
-    assert b"LISTEN_FDNAMES=http:listen1:probe" in environ
+    assert b"LISTEN_FDS=2" in environ
+    assert b"LISTEN_FDNAMES=http:listen1" in environ
     assert f"LISTEN_PID={inside}".encode() in environ  # its own pid, as it sees it
     assert not [var for var in environ if var.startswith(b"NOTIFY_SOCKET=")]
     assert os.getpgid(child) == child  # its own process group
@@ -424,7 +425,8 @@ def test_go_server_serves_two_named_listeners(hotswapd: Start, go_server: Any) -
     run.wait_stdout("ready pid=")
     assert get(http_port, "/version") == "v1\n"
     assert get(admin_port, "/version", host="[::1]") == "v1\n"
-    assert any("serving on http(fd 3),admin(fd 4),probe(fd 5)" in line for line in run.stderr_lines)
+    assert any("serving on http(fd 3),admin(fd 4)" in line for line in run.stderr_lines)
+    assert not any("probe(fd" in line for line in run.stderr_lines)  # issue 10: no probe fd
 
 
 def test_gunicorn_serves_on_the_inherited_socket(hotswapd: Start) -> None:

@@ -12,6 +12,7 @@ them, so the few signals the stop path sends to them reach nothing.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import functools
@@ -87,6 +88,7 @@ class FakeProcesses(Processes):
         notify: NotifySocket | None = None,
         exec_fd: int | None = None,
         executable: str | None = None,
+        sockets: Sequence[_socket.socket] | None = None,
     ) -> Spawned:
         if self.errors:
             raise self.errors.pop(0)

@@ -127,8 +127,10 @@ def test_swap_phases_are_logged_with_durations(hotswapd: Start, program: Path) -
     """Every phase is one structured event; the outcome records each phase's duration."""
     run, _, _ = start_server(hotswapd, program)
     outcome = swap(run, 1)
+    # Steered (issue 10): "handover" (the old queue drained before the drain signal) is a
+    # phase of its own.
     assert set(outcome["phases"]) == {"checked", "spawned", "ready", "memory_ok", "cutover",
-                                      "old_exited"}  # fmt: skip
+                                      "handover", "old_exited"}  # fmt: skip
     assert run.events("swap_checked")[0]["swap"] == 1
     for phase in ("spawned", "ready", "memory_ok", "cutover", "old_exited"):
         event = run.events("swap_" + phase)[0]
@@ -136,9 +138,15 @@ def test_swap_phases_are_logged_with_durations(hotswapd: Start, program: Path) -
         assert event["phase_s"] == outcome["phases"][phase]
 
 
-def test_same_listening_socket_in_both_generations(hotswapd: Start, program: Path) -> None:
-    """Generation N+1 inherits the very socket generation N serves (same socket inode)."""
-    run, _, first = start_server(hotswapd, program, "--canary", "2s")
+def test_each_generation_gets_its_own_socket_on_the_same_address(
+    hotswapd: Start, program: Path
+) -> None:
+    """Steered: generation N+1 inherits a socket of its own, not N's; hotswapd holds both.
+
+    (Until issue 10 both generations shared one socket; the steered design gives each
+    generation its own member of one SO_REUSEPORT group, bound to the same address.)
+    """
+    run, port, first = start_server(hotswapd, program, "--canary", "2s")
     run.signal(signal.SIGUSR2)
     spawned = run.wait_event("swap_spawned")
     old = run.outside_pid(first)
@@ -148,9 +156,11 @@ def test_same_listening_socket_in_both_generations(hotswapd: Start, program: Pat
     def sockets(pid: int) -> set[str]:
         return {link for link in fd_links(pid) if link.startswith("socket:")}
 
-    shared = sockets(old) & sockets(new) & sockets(run.pid)
-    assert len(shared) == 1  # the one --listen socket, held by hotswapd and both generations
+    assert not sockets(old) & sockets(new)  # nothing shared between the generations
+    assert len(sockets(old) & sockets(run.pid)) == 1  # hotswapd holds an fd of each
+    assert len(sockets(new) & sockets(run.pid)) == 1
     run.wait_event("swap_finished")
+    assert fetch(port)[1] == str(spawned["pid"])
 
 
 # ----------------------------------------------------------------------------- rollbacks
@@ -164,7 +174,8 @@ def assert_untouched(
     assert outcome["active_pid"] == pid
     assert not drained(run, pid)
     assert fetch(port)[:2] == (200, str(pid))
-    assert run.wait_event("swap_rolled_back")["serving_pid"] == pid
+    event = "swap_refused" if expected == "refused" else "swap_rolled_back"
+    assert run.wait_event(event)["serving_pid"] == pid
 
 
 def test_rollback_when_program_is_missing(hotswapd: Start, program: Path) -> None:
@@ -252,8 +263,9 @@ def test_rollback_when_listen_pid_check_fails(hotswapd: Start, program: Path, go
     wrapper.chmod(0o755)
     install(wrapper, program)
     outcome = swap(run, 1)
-    assert "never accepted on its private probe listener" in outcome["reason"]
-    assert "--health-url" in outcome["reason"]
+    # Steered, the probe goes through the public address into the candidate's own socket.
+    assert "never accepted on its own --listen socket (http" in outcome["reason"]
+    assert "LISTEN_FDS" in outcome["reason"]
     assert_untouched(run, port, pid, outcome)
 
 
@@ -307,7 +319,9 @@ def test_canary_failure_rolls_back(hotswapd: Start, program: Path, go_server: An
 
 def test_swap_storm_coalesces_and_never_leaves_three(hotswapd: Start, program: Path) -> None:
     """10 SIGUSR2 in 50 ms: one swap plus one coalesced follow-up; never 3 generations alive."""
-    run, _, _ = start_server(hotswapd, program)
+    # A steered swap commits in milliseconds (issue 10), faster than the storm: a 1 s
+    # canary keeps the first swap running while the other nine signals arrive.
+    run, _, _ = start_server(hotswapd, program, "--canary", "1s")
     for _ in range(10):
         run.signal(signal.SIGUSR2)
         time.sleep(0.005)  # pacing the storm (10 signals in 50 ms), not synchronisation
@@ -389,18 +403,31 @@ def test_health_url_probes_an_explicit_address(hotswapd: Start, program: Path) -
 def test_fd_and_port_templates_in_argv_and_env(hotswapd: Start) -> None:
     """{fd:NAME} and {port:NAME} are substituted per generation in argv and env."""
     run = hotswapd(["--listen", "http=tcp://127.0.0.1:0", *FAST],
-                   ["/bin/sh", "-c", 'echo "fd=$1 port=$2 probe=$PROBE_PORT"; exec sleep 300',
+                   ["/bin/sh", "-c", 'echo "fd=$1 port=$2 env=$HTTP_PORT"; exec sleep 300',
                     "sh", "{fd:http}", "{port:http}"],
-                   env={"PROBE_PORT": "{port:probe}"})  # fmt: skip
+                   env={"HTTP_PORT": "{port:http}"})  # fmt: skip
     port = run.port()
     line = run.wait_stdout("fd=")[0]
-    fd, http_port, probe = (part.split("=")[1] for part in line.split())
-    assert (fd, int(http_port)) == ("3", port)
-    assert int(probe) > 0
-    assert int(probe) != port
+    fd, http_port, env_port = (part.split("=")[1] for part in line.split())
+    assert (fd, int(http_port), int(env_port)) == ("3", port, port)
     swap(run, 1)
     second = run.wait_stdout("fd=", count=2)[1]
-    assert second.split()[2] != line.split()[2]  # each generation has its own probe port
+    # Steered, each generation has a socket of its own on the same public port, at fd 3.
+    assert second == line
+
+
+def test_probe_template_names_the_shared_mode_probe_listener(hotswapd: Start,
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    """{port:probe} is the private probe listener, which exists only for a shared --health."""
+    path = tmp_path / "s.sock"
+    run = hotswapd(["--listen", f"app=unix://{path}", "--health", "/healthz", *FAST],
+                   ["/bin/sh", "-c", 'echo "probe=$PROBE_PORT names=$LISTEN_FDNAMES"; '
+                    "exec sleep 300"],
+                   env={"PROBE_PORT": "{port:probe}"})  # fmt: skip
+    line = run.wait_stdout("probe=")[0]
+    probe, names = (part.split("=")[1] for part in line.split())
+    assert int(probe) > 0
+    assert names == "app:probe"
 
 
 def test_unknown_template_name_is_a_usage_error() -> None:

@@ -1,4 +1,4 @@
-"""Launch one generation: its argv and env, its private probe listener, the fork+exec.
+"""Launch one generation: its sockets at fd 3.., its argv and env, the fork+exec.
 
 Import-light on purpose: generation 1 is launched before asyncio and the other heavy
 modules are imported, so PID 1 costs the server nothing at start. The supervisor
@@ -15,6 +15,7 @@ from hotswapd.boot.listeners import (
     clean_environ,
     listen_env,
     make_probe_listener,
+    needs_probe_listener,
 )
 from hotswapd.boot.spawn import ChildSpec, resolve_program, spawn
 from hotswapd.boot.values import PROBE_LISTENER_NAME
@@ -35,11 +36,11 @@ class Spawned:
     """What a launch produced: the process and the resources hotswapd holds for it."""
 
     __slots__ = ("number", "pid", "argv", "executable", "started_at", "started_mono", "probe",
-                 "notify", "exe_fd")  # fmt: skip
+                 "notify", "exe_fd", "sockets")  # fmt: skip
 
     def __init__(self, number: int, pid: int, argv: tuple[str, ...], executable: str,
-                 probe: _socket.socket, notify: NotifySocket | None,
-                 exe_fd: int | None) -> None:  # fmt: skip
+                 probe: _socket.socket | None, notify: NotifySocket | None,
+                 exe_fd: int | None, sockets: tuple[_socket.socket, ...] = ()) -> None:  # fmt: skip
         self.number = number
         self.pid = pid
         self.argv = argv
@@ -49,6 +50,7 @@ class Spawned:
         self.probe = probe
         self.notify = notify
         self.exe_fd = exe_fd
+        self.sockets = sockets  # what it got at fd 3.., one per --listen, in order
 
 
 def _templates(text: str) -> Iterator[tuple[int, int, str, str]]:
@@ -99,21 +101,35 @@ def launch(
     notify: NotifySocket | None = None,
     exec_fd: int | None = None,
     executable: str | None = None,
+    sockets: Sequence[_socket.socket] | None = None,
 ) -> Spawned:
-    """Spawn generation `number` on the shared listeners plus its own probe listener."""
+    """Spawn generation `number` with exactly its sockets at fd 3.., as systemd would.
+
+    `sockets` are this generation's, one per listener (default: each listener's
+    first socket). A private probe listener is added only for a shared-mode
+    `--health PATH`; with no socket at all the child gets no LISTEN_* variable.
+    """
     program = executable or os.path.abspath(resolve_program(config.command[0], environ))
+    own = tuple(sockets) if sockets is not None else tuple(each.sock for each in listeners)
+    probe: _socket.socket | None = None
+    if needs_probe_listener(config.health, config.health_url, listeners):
+        try:
+            probe = make_probe_listener()
+        except OSError as exc:
+            raise SpawnError(f"cannot create the probe listener: {exc.strerror}", EXIT_FAILURE,
+                             exc.errno or 0) from None  # fmt: skip
     try:
-        probe = make_probe_listener()
-    except OSError as exc:
-        raise SpawnError(f"cannot create the probe listener: {exc.strerror}", EXIT_FAILURE,
-                         exc.errno or 0) from None  # fmt: skip
-    try:
-        names = [listener.name for listener in listeners] + [PROBE_LISTENER_NAME]
-        fds = {name: SD_LISTEN_FDS_START + index for index, name in enumerate(names)}
+        names = [listener.name for listener in listeners]
+        passed = [sock.fileno() for sock in own]
         ports = {listener.name: listener.port() for listener in listeners}
-        ports[PROBE_LISTENER_NAME] = int(probe.getsockname()[1])
+        if probe is not None:
+            names.append(PROBE_LISTENER_NAME)
+            passed.append(probe.fileno())
+            ports[PROBE_LISTENER_NAME] = int(probe.getsockname()[1])
+        fds = {name: SD_LISTEN_FDS_START + index for index, name in enumerate(names)}
         env = clean_environ(environ)
-        env.update(listen_env(names))
+        if names:
+            env.update(listen_env(names))
         if notify is not None:
             env["NOTIFY_SOCKET"] = notify.address
         env = {key: substitute(value, fds, ports) for key, value in env.items()}
@@ -122,16 +138,17 @@ def launch(
             program=program,
             argv=argv,
             env=env,
-            fds=[listener.sock.fileno() for listener in listeners] + [probe.fileno()],
+            fds=passed,
             credentials=credentials,
             no_new_privs=config.no_new_privs,
             exec_fd=exec_fd,
         )
         pid = spawn(spec)
     except BaseException:
-        probe.close()
+        if probe is not None:
+            probe.close()
         raise
-    return Spawned(number, pid, argv, program, probe, notify, _open_executable(pid, program))
+    return Spawned(number, pid, argv, program, probe, notify, _open_executable(pid, program), own)
 
 
 def _open_executable(pid: int, program: str) -> int | None:

@@ -1,12 +1,19 @@
-"""Listening sockets: bound once, kept for hotswapd's life, inherited by every generation.
+"""Listening sockets: bound by hotswapd, never by a server, and inherited the systemd way.
 
-Design note: one listening socket has one accept queue. Old and new generations
-accept from the same queue, so a connection that arrives while generations change
-waits in the queue until one of them takes it; nothing is reset. Two SO_REUSEPORT
-sockets would each have their own queue, and closing one drops what it holds.
+Two modes per listener (`Listener.mode`), decided before the first fork:
 
-Each generation also gets a private loopback *probe* listener after the public ones
-(named `probe`), so the health check reaches that generation and no other.
+- *steered* (TCP, the kernel accepts a reuseport program): every generation gets a
+  socket of its own, all bound to the one address with SO_REUSEPORT in a group that
+  only hotswapd creates and holds; a classic BPF program picks the socket of each new
+  connection (core/steering.py). Whatever a generation does to its socket touches no
+  other, and a candidate sees no live connection before its verdict.
+- *shared* (`--steering off`, unix://, sockets adopted from a parent, a kernel that
+  refuses the program): one socket, one accept queue for all generations, as before.
+  A child can shut it down for everyone, so hotswapd checks SO_ACCEPTCONN after any
+  candidate exits and listens again (`relisten`).
+
+A generation's health probe goes through the public address in steered mode; only a
+shared-mode `--health PATH` needs a private loopback *probe* listener (named `probe`).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import errno
 import os
 import stat
 
-from hotswapd.errors import ListenError
+from hotswapd.errors import ListenError, UsageError
 from hotswapd.host.unixsock import socket_state
 
 TYPE_CHECKING = False  # see config.py
@@ -33,29 +40,70 @@ INHERITED_ENV = ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "LISTEN_PIDFDID",
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
-class Listener:
-    """A bound listening socket and what hotswapd must clean up for it."""
+STEERED, SHARED = "steered", "shared"
 
-    __slots__ = ("name", "sock", "unix_path", "adopted")
+
+class Listener:
+    """A listening address and what hotswapd must clean up for it.
+
+    `sock` is the socket generation 1 gets (in shared mode: every generation's);
+    in steered mode core/steering.py makes one more per generation (`new_member`).
+    """
+
+    __slots__ = ("name", "sock", "unix_path", "adopted", "mode", "why", "family", "sockname",
+                 "v6only")  # fmt: skip
 
     def __init__(self, name: str, sock: _socket.socket, unix_path: str | None = None,
-                 adopted: bool = False) -> None:  # fmt: skip
+                 adopted: bool = False, mode: str = SHARED, why: str = "") -> None:  # fmt: skip
         self.name = name
         self.sock = sock
         self.unix_path = unix_path  # unlinked by hotswapd at exit, never by a child
         self.adopted = adopted
+        self.mode = mode
+        self.why = why  # one line: why this listener is in its mode
+        # Kept from the first socket: in steered mode that one is closed once generation 1
+        # has gone, and every later member binds the same address.
+        self.family = sock.family
+        self.sockname = sock.getsockname()
+        self.v6only = (
+            bool(sock.getsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY))
+            if sock.family == _socket.AF_INET6
+            else False
+        )
+
+    @property
+    def steered(self) -> bool:
+        return self.mode == STEERED
+
+    def new_member(self) -> _socket.socket:
+        """A new socket bound to this listener's address in its group, not yet listening.
+
+        The caller attaches the program that names only the current members first and
+        then calls listen(): that is the moment the socket joins the group.
+        """
+        sock = _socket.socket(self.family, _socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+            if self.family == _socket.AF_INET6:
+                sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, int(self.v6only))
+            sock.bind(self.sockname)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def address(self) -> str:
-        addr = self.sock.getsockname()
-        if self.sock.family == _socket.AF_UNIX:
+        addr = self.sockname
+        if self.family == _socket.AF_UNIX:
             return f"unix://{addr}"
-        if self.sock.family == _socket.AF_INET6:
+        if self.family == _socket.AF_INET6:
             return f"tcp://[{addr[0]}]:{addr[1]}"
         return f"tcp://{addr[0]}:{addr[1]}"
 
     def port(self) -> int:
-        if self.sock.family in (_socket.AF_INET, _socket.AF_INET6):
-            return int(self.sock.getsockname()[1])
+        if self.family in (_socket.AF_INET, _socket.AF_INET6):
+            return int(self.sockname[1])
         return 0
 
 
@@ -88,23 +136,49 @@ def adopt_inherited(environ: Mapping[str, str]) -> list[Listener] | None:
             raise ListenError(f"LISTEN_FDS: fd {fd} is not a socket ({exc.strerror})") from None
         os.set_inheritable(fd, False)
         name = names[index] if index < len(names) and names[index] else f"listen{index}"
-        adopted.append(Listener(name=name, sock=sock, adopted=True))
+        why = "adopted from the parent: hotswapd did not create its group"
+        adopted.append(Listener(name=name, sock=sock, adopted=True, why=why))
     return adopted
 
 
-def bind_all(specs: Sequence[ListenSpec]) -> list[Listener]:
-    """Bind every --listen spec; on any failure close what was bound and raise one error."""
+def bind_all(specs: Sequence[ListenSpec], steering: str = "auto") -> list[Listener]:
+    """Bind every --listen spec; on any failure close what was bound and raise one error.
+
+    `steering` is the --steering value: TCP listeners are steered unless it is `off` or
+    the kernel refuses the program (`on` then fails here: exit 2, no child started).
+    """
+    refused: str | None = None
+    if steering != "off" and any(spec.kind != "unix" for spec in specs):
+        from hotswapd.steer.bpf import kernel_accepts
+
+        refused = kernel_accepts()
+        if refused is not None and steering == "on":
+            raise UsageError(f"--steering on: {refused} (use --steering auto or off to "
+                             "share one socket between generations)")  # fmt: skip
     bound: list[Listener] = []
     try:
         for spec in specs:
-            bound.append(_bind_unix(spec) if spec.kind == "unix" else _bind_tcp(spec))
+            if spec.kind == "unix":
+                listener = _bind_unix(spec)
+                listener.why = "unix sockets cannot be steered"
+            elif steering == "off":
+                listener = _bind_tcp(spec, reuseport=False)
+                listener.why = "--steering off"
+            elif refused is not None:
+                listener = _bind_tcp(spec, reuseport=False)
+                listener.why = f"the kernel refuses the steering program: {refused}"
+            else:
+                listener = _bind_tcp(spec, reuseport=True)
+                listener.mode = STEERED
+                listener.why = "one socket per generation, steered by a reuseport program"
+            bound.append(listener)
     except BaseException:
         close_all(bound)
         raise
     return bound
 
 
-def _bind_tcp(spec: ListenSpec) -> Listener:
+def _bind_tcp(spec: ListenSpec, reuseport: bool = False) -> Listener:
     where = f"--listen {spec.name}={spec.url}"
     addr: tuple[Any, ...]
     if spec.host == "":
@@ -130,6 +204,8 @@ def _bind_tcp(spec: ListenSpec) -> Listener:
     sock = _socket.socket(family, _socket.SOCK_STREAM)
     try:
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
         if family == _socket.AF_INET6 and spec.host == "":
             sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0)
         sock.bind(addr)
@@ -195,6 +271,33 @@ def close_all(listeners: Sequence[Listener]) -> None:
         listener.sock.close()
 
 
+def relisten(sock: _socket.socket) -> bool:
+    """listen() again on a socket a child shut down (SO_ACCEPTCONN 0); True if it had to.
+
+    A shared socket is one for all generations: a candidate's shutdown(SHUT_RD) stops
+    it for everyone, and the next generation would inherit a dead listener.
+    """
+    try:
+        if sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN):
+            return False
+    except OSError:
+        return False  # closed: nothing to repair
+    sock.listen(BACKLOG)
+    return True
+
+
+def needs_probe_listener(health: str | None, health_url: str | None,
+                         listeners: Sequence[Listener]) -> bool:  # fmt: skip
+    """Only a shared `--health PATH` needs one: steered, probes use the public address.
+
+    With no --listen at all the child gets no socket and no LISTEN_* variable, as
+    under tini or systemd without sockets; a health check then needs --health-url.
+    """
+    if health is None or health_url is not None or not listeners:
+        return False
+    return not any(each.steered for each in listeners)
+
+
 def make_probe_listener() -> _socket.socket:
     """A private loopback listener for one generation's health probe (close-on-exec)."""
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
@@ -206,8 +309,8 @@ def make_probe_listener() -> _socket.socket:
 def accept_queue_length(sock: _socket.socket) -> int:
     """Connections waiting in a TCP listener's accept queue (tcpi_unacked of TCP_INFO).
 
-    A probe listener whose queue is non-empty after the health timeout was never
-    accepted on: the server ignores some of its inherited listeners.
+    A listener whose queue is non-empty after the health timeout was never accepted
+    on: the server ignores some of its inherited listeners.
     """
     try:
         info = sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_INFO, 104)

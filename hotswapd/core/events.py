@@ -40,6 +40,7 @@ class Code(enum.StrEnum):
     HEALTH = "health"  # the health probe did not pass
     MEMORY = "memory"  # grew past --max-memory-growth (or could not be measured)
     CANARY = "canary"  # a probe failed during a canary step
+    SOCKET = "socket_shut_down"  # the candidate shut down its own listening socket
     EXITED = "exited"  # the candidate exited during a gate
     ABORTED = "aborted"  # hotswapd is stopping, or the active generation exited
     TIMEOUT = "timed_out"  # a gate's backstop deadline passed
@@ -62,6 +63,11 @@ class SwapOutcome:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
     old_rss_bytes: int | None = None
     new_rss_bytes: int | None = None
+    # The generation serving once the swap ended: the new one, the old one, or None when
+    # neither is alive (shared mode: a candidate can take the one socket down for all).
+    serving_generation: int | None = None
+    canary_step: int | None = None  # the canary step reached (1-based), None: no canary
+    canary_percent: int | None = None  # its weight; None in shared mode (no weights there)
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 

@@ -33,6 +33,8 @@ class Generation:
     status: int | None = None  # raw wait status once exited
     exited: asyncio.Future[int] | None = None
     sha256: str | None = None
+    sockets: tuple[_socket.socket, ...] = ()  # its --listen sockets (fd 3..), hotswapd's fds
+    public_port: int | None = None  # steered: the port a plain 127.0.0.1 client reaches
 
     @classmethod
     def from_spawned(cls, spawned: Spawned) -> Generation:
@@ -46,6 +48,7 @@ class Generation:
             probe=spawned.probe,
             notify=spawned.notify,
             exe_fd=spawned.exe_fd,
+            sockets=spawned.sockets,
         )
 
     @property
@@ -53,7 +56,12 @@ class Generation:
         return self.status is None
 
     def probe_port(self) -> int | None:
-        return int(self.probe.getsockname()[1]) if self.probe is not None else None
+        """Where a loopback GET reaches this generation's server: its private probe
+        listener (shared mode), else the public port when steered (the selector sends a
+        plain client to the active generation: right for hotswapd's own /healthz)."""
+        if self.probe is not None:
+            return int(self.probe.getsockname()[1])
+        return self.public_port
 
     def close_resources(self) -> None:
         """Close what hotswapd holds for this generation (not the exe fd: rollback)."""

@@ -16,6 +16,8 @@ from hotswapd.core.reaper import Reaper
 from hotswapd.core.stop import send
 
 if TYPE_CHECKING:
+    import _socket
+
     from hotswapd.boot.config import Config
     from hotswapd.boot.listeners import Listener
     from hotswapd.boot.spawn import Credentials
@@ -35,6 +37,7 @@ class Processes:
         notify: NotifySocket | None = None,
         exec_fd: int | None = None,
         executable: str | None = None,
+        sockets: Sequence[_socket.socket] | None = None,
     ) -> Spawned:
         return launch(
             config,
@@ -45,6 +48,7 @@ class Processes:
             notify=notify,
             exec_fd=exec_fd,
             executable=executable,
+            sockets=sockets,
         )
 
     def send(self, pid: int, sig: int) -> bool:

@@ -40,6 +40,8 @@ from hotswapd.core.processes import Processes
 from hotswapd.core.reaper import group_alive
 from hotswapd.core.restart import Backoff, is_transient
 from hotswapd.core.states import TRANSITIONS, GenState, State
+from hotswapd.core.steering import Steering, children_of, holders
+from hotswapd.core.stop import send as send_signal
 from hotswapd.core.stop import stop_generation
 from hotswapd.core.swap import SwapTransaction
 from hotswapd.errors import EXIT_FAILURE, SpawnError, describe_status, exit_status
@@ -92,6 +94,13 @@ class Supervisor:
         self.listeners_swap_hooks: list[Callable[[SwapOutcome], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         first.state = GenState.ACTIVE
+        if not first.sockets:
+            first.sockets = tuple(listener.sock for listener in listeners)
+        self.steering = Steering(listeners, first.number, log)
+        first.public_port = self._public_port()
+        # PID-1 children that belong to no live generation, pid → command: status lists
+        # them, and each is logged once.
+        self.unowned: dict[int, str] = {}
         # Registered before signals are unblocked: a generation 1 that exits at once must
         # reach its waiter, not be counted as an orphan.
         self.attach(first)
@@ -155,7 +164,7 @@ class Supervisor:
             try:
                 self._dispatch(event)
             except Exception:  # PID 1 must outlive a bug in one handler
-                self.log.exception("handler_failed", event=type(event).__name__)
+                self.log.exception("handler_failed", failed_event=type(event).__name__)
         await self._close()
         return self.exit_code if self.exit_code is not None else EXIT_FAILURE
 
@@ -186,6 +195,7 @@ class Supervisor:
         for gen in self.generations.values():
             gen.close_resources()
             gen.close_exe()
+        self.steering.close()
         if self.session is not None:
             await self.session.close()
 
@@ -245,6 +255,7 @@ class Supervisor:
             status=describe_status(event.status),
             was=previous_state.value,
         )
+        self._relisten("generation exited")
         if gen is not self.active:
             self._forget(gen)
             return
@@ -305,10 +316,10 @@ class Supervisor:
             exec_fd, executable = prev.exe_fd, prev.executable
         self._transition(State.SWAPPING)
         self.swap_count += 1
-        if self.session is None:
+        if self.session is None and (self.config.health_url or "").startswith("https:"):
             from hotswapd.gates.probe import new_session
 
-            self.session = new_session()
+            self.session = new_session()  # TLS only: every other probe is gates/http.py
         self.log.info(
             "swap_requested",
             swap=self.swap_count,
@@ -391,9 +402,17 @@ class Supervisor:
     # ---------------------------------------------------------------- swap hooks
 
     def launch_candidate(self, exec_fd: int | None, executable: str | None) -> Generation:
-        return self._launch(exec_fd, executable)
+        """A candidate gets new sockets where steered: members that get nothing yet."""
+        number = self.next_number
+        sockets = self.steering.sockets_for(number)
+        try:
+            return self._launch(exec_fd, executable, sockets)
+        except BaseException:
+            self.steering.release(number)
+            raise
 
-    def _launch(self, exec_fd: int | None = None, executable: str | None = None) -> Generation:
+    def _launch(self, exec_fd: int | None = None, executable: str | None = None,
+                sockets: tuple[Any, ...] | None = None) -> Generation:  # fmt: skip
         """Spawn the next generation (a swap's candidate or a restart) and register it."""
         number = self.next_number
         notify = NotifySocket(number) if self.config.ready == "notify" else None
@@ -407,16 +426,24 @@ class Supervisor:
                 notify=notify,
                 exec_fd=exec_fd,
                 executable=executable,
+                sockets=sockets,
             )
         except BaseException:
             if notify is not None:
                 notify.close()
             raise
         gen = Generation.from_spawned(spawned)
+        gen.public_port = self._public_port()
+        if not gen.sockets:
+            gen.sockets = tuple(sockets or (listener.sock for listener in self.listeners))
         self.next_number += 1
         self.generations[number] = gen
         self.attach(gen)
         return gen
+
+    def _public_port(self) -> int | None:
+        target = self.steering.probe_target()
+        return target[1] if target is not None and target[0] == "127.0.0.1" else None
 
     def commit(self, candidate: Generation) -> Generation:
         """The commit point: the candidate becomes active and the old one starts draining."""
@@ -424,7 +451,12 @@ class Supervisor:
         old.state = GenState.DRAINING
         candidate.state = GenState.ACTIVE
         self.active = candidate
-        self.processes.send(old.pid, self.config.drain_signal)  # first: nothing may delay it
+        if self.steering.enabled:
+            # Every new connection to the candidate now; the old one is signalled by the
+            # swap once its queue is empty (the handover), through `drain`.
+            self.steering.cutover(candidate.number)
+        else:
+            self.processes.send(old.pid, self.config.drain_signal)  # first: nothing may delay it
         prev, self.previous = self.previous, old
         if prev is not None and prev is not old:
             # Closing the last fd of a replaced binary frees it inside close(2), which takes
@@ -441,6 +473,51 @@ class Supervisor:
 
     def rolled_back(self, candidate: Generation) -> None:
         candidate.state = GenState.ROLLED_BACK
+        self.steering.withdraw(candidate.number)  # weight 0 at once, before anything else
+
+    def drain(self, gen: Generation) -> None:
+        """The handover is done: tell the old generation to drain."""
+        if gen.alive:
+            self.processes.send(gen.pid, self.config.drain_signal)
+
+    async def retire(self, gen: Generation, grace: float) -> None:
+        """After a generation exited: stop what it left holding its sockets, free them.
+
+        A daemon it started (setsid, double fork) keeps a socket of the generation and
+        would accept from it; steered, that socket has had no new connection since the
+        cutover. It is stopped like its generation (drain signal, then KILL at `grace`),
+        and only then does the socket leave its group.
+        """
+        inodes = self.steering.inodes(gen.number)
+        live = {g.pid for g in self.generations.values() if g.alive}
+        left = sorted(holders(inodes) - live)
+        if left:
+            self.log.info("descendants_stopping", generation=gen.number, pids=left,
+                          signal=sigs.name(self.config.drain_signal), timeout_s=grace)  # fmt: skip
+            await _stop_pids(left, self.config.drain_signal, grace, self.reaper, self.log)
+        if self.steering.enabled and not self.steering.release(gen.number):
+            self.log.warning("steering_release_deferred", generation=gen.number)
+        self._relisten("a generation was retired")
+        self.refresh_unowned()
+
+    def _relisten(self, why: str) -> None:
+        """Shared sockets a child shut down listen again before anything else runs on them."""
+        names = self.steering.relisten_shared()
+        if names:
+            self.log.warning("listener_relistened", listeners=names, why=why,
+                             note="a child shut down a shared socket (SO_ACCEPTCONN 0); "
+                             "only steered mode isolates generations")  # fmt: skip
+
+    def refresh_unowned(self) -> dict[int, str]:
+        """PID-1 children that belong to no live generation (listed, each logged once)."""
+        known = {g.pid for g in self.generations.values() if g.alive}
+        found = {pid: cmd for pid, cmd in children_of(os.getpid()).items() if pid not in known}
+        for pid, cmd in found.items():
+            if pid not in self.unowned:
+                note = "a child of hotswapd that belongs to no live generation"
+                self.log.warning("unowned_child", pid=pid, command=cmd, note=note)
+        self.unowned = found
+        return found
 
     # ---------------------------------------------------------------- restart
 
@@ -468,8 +545,13 @@ class Supervisor:
     def handle_restart_due(self, event: RestartDue) -> None:
         if not self.restart_pending or self.state not in (State.RESTARTING, State.SWAPPING):
             return
+        # The socket is listening again before the restarted generation inherits it.
+        self._relisten("restart")
+        repaired = self.steering.restore(self.active.number)
+        if repaired:
+            self.log.warning("listener_relistened", listeners=repaired, why="restart")
         try:
-            gen = self._launch()
+            gen = self._launch(sockets=self.active.sockets or None)
         except SpawnError as exc:
             if is_transient(exc.errno):
                 # A writer still holds the file, or a limit is reached for now: try again.
@@ -487,6 +569,7 @@ class Supervisor:
         self.restart_pending = False
         old = self.active
         gen.state = GenState.ACTIVE
+        self.steering.adopt(old.number, gen.number)  # its sockets, queue and all
         self.active = gen
         self._forget(old)
         self.counters.restarts += 1
@@ -585,6 +668,41 @@ class Supervisor:
                 source=source, reason=reason, rollback=rollback, reply=reply, on_phase=on_phase
             )
         )
+
+
+async def _stop_pids(pids: list[int], sig: int, grace: float, reaper: Any, log: Any) -> None:
+    """Signal each pid, wait for its process group to empty, then KILL what is left."""
+    groups = {}
+    for pid in pids:
+        try:
+            groups[pid] = os.getpgid(pid)
+        except ProcessLookupError:
+            continue
+        send_signal(pid, sig)
+        send_signal(pid, signal.SIGCONT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    for pid, pgid in groups.items():
+        if pgid == pid:  # its own group (setsid): the reaper tells when it is empty
+            gone = await reaper.wait_group_empty(pgid, max(deadline - loop.time(), 0))
+        else:
+            gone = not _alive(pid)
+            while not gone and loop.time() < deadline:
+                await asyncio.sleep(0.05)  # not our group to watch: a bounded look
+                gone = not _alive(pid)
+        if not gone:
+            log.warning("descendant_kill", pid=pid, timeout_s=grace)
+            send_signal(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _reply(event: SwapRequested, outcome: SwapOutcome) -> None:

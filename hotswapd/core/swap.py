@@ -18,14 +18,22 @@ from typing import Any, Protocol
 from hotswapd.boot.config import Config
 from hotswapd.boot.listeners import accept_queue_length
 from hotswapd.boot.spawn import resolve_program
+from hotswapd.boot.steering_options import canary_steps
 from hotswapd.core.events import Code, Outcome, SwapOutcome
 from hotswapd.core.generation import Generation
 from hotswapd.core.reaper import Reaper
+from hotswapd.core.steering import Steering
 from hotswapd.core.stop import stop_generation
 from hotswapd.errors import SpawnError, describe_status
 from hotswapd.gates import elf, memory, probe
 
 ETXTBSY_RETRY_S = 5.0  # how long to wait for a writer to close a freshly built binary
+HANDOVER_GRACE_S = 0.02  # after a socket's queue is empty: handshakes still in flight
+CANARY_PROBE_EVERY_S = 0.25
+# Logged and timed, not yet streamed to `ctl reload --wait` (its transcript in the docs
+# is another page's; the lead adds them there): the selector's own phases.
+UNSTREAMED = frozenset({"handover"})
+QUEUE_STALL_S = 2.0  # a queue that does not shrink for this long is not being accepted from
 
 
 class SwapHooks(Protocol):
@@ -41,6 +49,13 @@ class SwapHooks(Protocol):
     def commit(self, candidate: Generation) -> Generation: ...
 
     def rolled_back(self, candidate: Generation) -> None: ...
+
+    @property
+    def steering(self) -> Steering: ...
+
+    def drain(self, gen: Generation) -> None: ...
+
+    async def retire(self, gen: Generation, grace: float) -> None: ...
 
 
 class GateFailed(Exception):
@@ -106,7 +121,7 @@ class SwapTransaction:
             fields.setdefault("generation", self.candidate.number)
             fields.setdefault("pid", self.candidate.pid)
         self.hooks.log.info("swap_" + name, **fields)
-        if self._on_phase is not None:
+        if self._on_phase is not None and name not in UNSTREAMED:
             self._on_phase(name, fields)
 
     async def _guard(self, work: Awaitable[Any], limit: float | None, what: str) -> Any:
@@ -136,6 +151,12 @@ class SwapTransaction:
         """Fail the swap when the candidate has exited or hotswapd is stopping."""
         assert self.candidate is not None
         assert self.candidate.exited is not None
+        if not self.candidate.exited.done() and _exited_unreaped(self.candidate.pid):
+            # Gone, and SIGCHLD not handled yet: the gate's answer came from a process that
+            # is already dead. Its status is the reaper's to collect; it says so shortly.
+            raise GateFailed(
+                f"generation {self.candidate.number} exited during {what}", Code.EXITED
+            )
         if self.candidate.exited.done():
             status = self.candidate.exited.result()
             raise GateFailed(
@@ -156,6 +177,7 @@ class SwapTransaction:
             await self._rollback(str(exc), exc.code)
             return self._finish()
         except Refused as exc:
+            self.outcome.serving_generation = self.old.number
             self.outcome.outcome = Outcome.REFUSED
             self.outcome.reason = str(exc)
             self.outcome.code = exc.code
@@ -170,6 +192,7 @@ class SwapTransaction:
             )
             return self._finish()
         except SpawnError as exc:
+            self.outcome.serving_generation = self.old.number
             self.outcome.outcome = Outcome.ROLLED_BACK
             self.outcome.reason = str(exc)
             self.outcome.code = Code.SPAWN
@@ -216,28 +239,64 @@ class SwapTransaction:
         self._phase("spawned", executable=self.candidate.executable)
         # _ready enforces --health-timeout itself, with a precise reason; the guard's
         # own limit is only a backstop.
+        steering = self.hooks.steering
+        if steering.enabled:
+            steering.probe(self.candidate.number)  # hotswapd's probes reach it; nothing else
+            # An instant, not a phase of its own (its time is the spawn's): logged only.
+            self.hooks.log.info("swap_probing", swap=self.outcome.swap_id,
+                                generation=self.candidate.number, pid=self.candidate.pid,
+                                weight_percent=0)  # fmt: skip
         await self._guard(self._ready(), config.health_timeout + 5, "the readiness gate")
         self._phase("ready")
         if config.settle > 0:
             await self._guard(asyncio.sleep(config.settle), None, "the settle window")
             self._phase("settled")
-        if config.max_memory_growth.enabled:
-            old_bytes = memory.tree_rss(self.old.pid)
-            new_bytes = memory.tree_rss(self.candidate.pid)
-            self.outcome.old_rss_bytes = old_bytes
-            self.outcome.new_rss_bytes = new_bytes
-            if new_bytes == 0:
-                self._check_alive("the memory gate")
-                raise GateFailed(
-                    "the memory gate could not measure the candidate (gone?)", Code.MEMORY
-                )
-            reason = memory.verdict(old_bytes, new_bytes, config.max_memory_growth)
-            if reason:
-                raise GateFailed(reason, Code.MEMORY)
-            self._phase("memory_ok", old_rss_bytes=old_bytes, new_rss_bytes=new_bytes)
-        if config.canary > 0:
-            await self._guard(self._canary(), config.canary + config.health_timeout, "the canary")
-            self._phase("canary_ok", canary_s=config.canary)
+        # Steered, the candidate is idle here while the old one carries every live
+        # connection: this catches a build that is big before it serves anything. The
+        # rule is measured again at the end of each canary step, under its share.
+        self._memory("the memory gate", "memory_ok")
+        steps = canary_steps(config.canary)
+        for number, (percent, seconds) in enumerate(steps, 1):
+            self.outcome.canary_step = number
+            self.outcome.canary_percent = percent if steering.enabled else None
+            if steering.enabled:
+                steering.weigh(self.candidate.number, percent)
+            self._phase("canary_step", step=number, steps=len(steps), seconds=seconds,
+                        weight_percent=percent if steering.enabled else None)  # fmt: skip
+            await self._guard(self._canary(seconds), seconds + config.health_timeout, "the canary")
+            self._memory(f"canary step {number}", None)
+            self._phase("canary_step_ok", step=number, steps=len(steps))
+        if steps:
+            self._phase("canary_ok", canary_s=sum(seconds for _, seconds in steps))
+        if config.health or config.health_url:
+            # The last look: the gates can pass in a millisecond, and a candidate that
+            # answered once and died must not be committed. One more answer, right now.
+            result = await self._guard(
+                self._probe(self._loop.time() + config.health_timeout),
+                config.health_timeout + 5,
+                "the last health check",
+            )
+            if not result.healthy:
+                code = Code.SOCKET if result.disbelieved else Code.HEALTH
+                raise GateFailed(f"last health check: {self._health_failure(result)}", code)
+
+    def _memory(self, what: str, phase: str | None) -> None:
+        """The memory rule, old tree against candidate tree; a failure is a GateFailed."""
+        assert self.candidate is not None
+        if not self.config.max_memory_growth.enabled:
+            return
+        old_bytes = memory.tree_rss(self.old.pid)
+        new_bytes = memory.tree_rss(self.candidate.pid)
+        self.outcome.old_rss_bytes = old_bytes
+        self.outcome.new_rss_bytes = new_bytes
+        if new_bytes == 0:
+            self._check_alive(what)
+            raise GateFailed(f"{what} could not measure the candidate (gone?)", Code.MEMORY)
+        reason = memory.verdict(old_bytes, new_bytes, self.config.max_memory_growth)
+        if reason:
+            raise GateFailed(reason if phase else f"{what}: {reason}", Code.MEMORY)
+        if phase:
+            self._phase(phase, old_rss_bytes=old_bytes, new_rss_bytes=new_bytes)
 
     def _resolve(self, name: str) -> str:
         if "/" in name:
@@ -279,47 +338,111 @@ class SwapTransaction:
                 ) from None
             self._phase("notified", status=self.candidate.notify.status)
         if config.health or config.health_url:
-            url = probe.probe_url(config.health, config.health_url, self.candidate.probe_port())
-            result = await probe.wait_healthy(self.session, url, deadline)
+            result = await self._probe(deadline)
             if not result.healthy:
-                raise GateFailed(self._health_failure(url, result), Code.HEALTH)
+                code = Code.SOCKET if result.disbelieved else Code.HEALTH
+                raise GateFailed(self._health_failure(result), code)
         elif config.ready != "notify":
             # einhorn's default: the only readiness signal is "still running after --settle".
             return
 
-    def _health_failure(self, url: str, result: probe.ProbeResult) -> str:
+    def _target(self) -> tuple[str, probe.Fetch]:
+        """What the probe asks (for messages) and how: steered, private listener or URL."""
         assert self.candidate is not None
-        waiting = (
-            accept_queue_length(self.candidate.probe) if self.candidate.probe is not None else 0
-        )
-        if not self.config.health_url and result.last_status is None and waiting > 0:
-            return (
-                f"generation {self.candidate.number} never accepted on its private probe "
-                f"listener (LISTEN_FDNAMES 'probe', after the --listen sockets): the server "
-                "must serve every inherited listener, or use --health-url to probe an "
-                "address it does serve"
+        config = self.config
+        if config.health_url:
+            scheme, host, port, path = probe.split_url(config.health_url)
+            if scheme == "https":
+                return config.health_url, probe.url_fetcher(self.session, config.health_url)
+            return config.health_url, probe.fetcher(probe.plain_connector(host, port), path)
+        path = config.health or "/"
+        steering = self.hooks.steering
+        target = steering.probe_target()
+        if target is not None:
+            host, port = target
+            connect = probe.steered_connector(steering.probe_source(), host, port)
+            shown = f"[{host}]" if ":" in host else host
+            return f"http://{shown}:{port}{path}", probe.fetcher(connect, path)
+        if self.candidate.probe is None:
+            raise GateFailed(
+                f"--health {path} has no socket to probe: hotswapd passes no listener without "
+                "--listen (give the server's address with --listen, or use --health-url)",
+                Code.HEALTH,
             )
+        port = self.candidate.probe_port() or 0
+        url = f"http://127.0.0.1:{port}{path}"
+        return url, probe.fetcher(probe.plain_connector("127.0.0.1", port), path)
+
+    def _believe(self) -> str | None:
+        """A probe answer counts only while every candidate socket is in its group.
+
+        Once a candidate's socket left (it called shutdown), the program's index for it
+        is past the group's end and the kernel hashes the probe to the *old*
+        generation, whose answer would wrongly pass the gate.
+        """
+        assert self.candidate is not None
+        gone = self.hooks.steering.not_listening(self.candidate.number)
+        if not gone:
+            return None
+        return (
+            f"generation {self.candidate.number} shut down its own --listen socket "
+            f"({', '.join(gone)}: SO_ACCEPTCONN is 0), so it can take no connection; "
+            "the serving generation was not affected"
+        )
+
+    async def _probe(self, deadline: float) -> probe.ProbeResult:
+        url, fetch = self._target()
+        steered = self.hooks.steering.enabled and not self.config.health_url
+        believe = self._believe if steered else None
+        self._probe_url = url
+        return await probe.wait_healthy(fetch, deadline, believe)
+
+    def _health_failure(self, result: probe.ProbeResult) -> str:
+        assert self.candidate is not None
+        url = getattr(self, "_probe_url", "")
+        if result.disbelieved:
+            return result.disbelieved
+        steering = self.hooks.steering
+        if steering.enabled and not self.config.health_url:
+            waiting = steering.queued(self.candidate.number)
+            if result.last_status is None and waiting > 0:
+                names = ", ".join(lane.listener.name for lane in steering.lanes)
+                return (
+                    f"generation {self.candidate.number} never accepted on its own --listen "
+                    f"socket ({names}, fd 3..): the probe's connection waited in its queue; "
+                    "the server must serve the sockets it inherits (LISTEN_FDS)"
+                )
+        else:
+            waiting = (
+                accept_queue_length(self.candidate.probe) if self.candidate.probe is not None else 0
+            )
+            if not self.config.health_url and result.last_status is None and waiting > 0:
+                return (
+                    f"generation {self.candidate.number} never accepted on its private probe "
+                    f"listener (LISTEN_FDNAMES 'probe', after the --listen sockets): the server "
+                    "must serve every inherited listener, or use --health-url to probe an "
+                    "address it does serve"
+                )
         detail = result.last_error or "no answer"
         return (
             f"health check {url} did not pass within --health-timeout "
             f"{self.config.health_timeout:g}s (last: {detail}, {result.attempts} attempts)"
         )
 
-    async def _canary(self) -> None:
-        """Keep probing the candidate while both serve; any failed probe rolls back."""
+    async def _canary(self, seconds: float) -> None:
+        """Keep probing the candidate while it takes its share; any failure rolls back."""
         assert self.candidate is not None
-        end = self._loop.time() + self.config.canary
+        end = self._loop.time() + seconds
         while self._loop.time() < end:
+            if self.hooks.steering.enabled:
+                doubt = self._believe()
+                if doubt:
+                    raise GateFailed(f"canary: {doubt}", Code.CANARY)
             if self.config.health or self.config.health_url:
-                url = probe.probe_url(
-                    self.config.health, self.config.health_url, self.candidate.probe_port()
-                )
-                result = await probe.wait_healthy(
-                    self.session, url, self._loop.time() + self.config.health_timeout
-                )
+                result = await self._probe(self._loop.time() + self.config.health_timeout)
                 if not result.healthy:
-                    raise GateFailed(f"canary: {self._health_failure(url, result)}", Code.CANARY)
-            await asyncio.sleep(min(0.25, max(end - self._loop.time(), 0)))
+                    raise GateFailed(f"canary: {self._health_failure(result)}", Code.CANARY)
+            await asyncio.sleep(min(CANARY_PROBE_EVERY_S, max(end - self._loop.time(), 0)))
 
     async def fail(self, reason: str) -> SwapOutcome:
         """End a swap that broke unexpectedly: roll back if nothing was committed yet."""
@@ -333,6 +456,7 @@ class SwapTransaction:
         self.outcome.outcome = Outcome.ROLLED_BACK
         self.outcome.reason = reason
         self.outcome.code = code
+        self.outcome.serving_generation = self.old.number if self.old.alive else None
         candidate = self.candidate
         if candidate is not None:
             # Mark the failure itself, so the gate's time is not counted as stop time.
@@ -346,7 +470,12 @@ class SwapTransaction:
         )
         if candidate is None:
             return
-        self.hooks.rolled_back(candidate)
+        self.hooks.rolled_back(candidate)  # steered: its weight is 0 from this instant
+        steering = self.hooks.steering
+        if steering.enabled and candidate.alive and self.outcome.canary_percent:
+            # What a canary step queued for it is still its to serve: let it take those
+            # before it is told to stop, as the old generation does at a handover.
+            await self._queue_empty(candidate, self.config.stop_timeout)
         await stop_generation(
             candidate,
             self.config.drain_signal,
@@ -356,16 +485,61 @@ class SwapTransaction:
             why="rollback",
         )
         self._phase("candidate_stopped")
+        await self.hooks.retire(candidate, self.config.stop_timeout)
+        if not self.old.alive:
+            # Never "keeps serving" when it does not: say what is left.
+            self.outcome.serving_generation = None
+            self.outcome.reason += (
+                f"; generation {self.old.number} is gone too "
+                f"({describe_status(self.old.status or 0)}), nothing serves until --on-exit acts"
+            )
+
+    async def _queue_empty(self, gen: Generation, within: float) -> int:
+        """Wait until `gen`'s accept queues are empty, plus a grace for handshakes in flight.
+
+        Nothing new lands there (the program names it no more), so the queue only shrinks
+        while `gen` accepts. Returns how many were waiting when the wait began.
+        """
+        steering = self.hooks.steering
+        waiting = left = steering.queued(gen.number)
+        deadline = self._loop.time() + within
+        progress = self._loop.time()
+        delay = 0.001
+        while left > 0 and gen.alive and self._loop.time() < deadline:
+            if self._loop.time() - progress > QUEUE_STALL_S:
+                # Not accepting at all (hung, stopped): waiting longer would only delay
+                # the signal that makes it act; its drain serves or its exit hands them on.
+                self.hooks.log.warning("handover_queue_stalled", generation=gen.number,
+                                       queued=left, stalled_s=QUEUE_STALL_S)  # fmt: skip
+                break
+            # No event tells when a queue empties: a short, bounded, backing-off look.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            now = steering.queued(gen.number)
+            if now < left:
+                progress = self._loop.time()
+            left = now
+        await asyncio.sleep(HANDOVER_GRACE_S)
+        return waiting
 
     async def _cutover(self) -> None:
         assert self.candidate is not None
         config = self.config
-        self.hooks.commit(self.candidate)  # the old generation is signalled right here
+        steering = self.hooks.steering
+        self.hooks.commit(self.candidate)  # steered: the selector; shared: the drain signal
         self.committed = True
         self.outcome.outcome = Outcome.COMMITTED
         self.outcome.reason = "all gates passed"
         self.outcome.code = Code.PASSED
-        self._phase("cutover", old_generation=self.old.number, old_pid=self.old.pid)
+        self.outcome.serving_generation = self.candidate.number
+        self._phase("cutover", old_generation=self.old.number, old_pid=self.old.pid,
+                    weight_percent=100 if steering.enabled else None)  # fmt: skip
+        if steering.enabled:
+            # Handover: the old socket gets no new connection; what it queued is the old
+            # generation's to serve before it is told to drain, or it would be reset.
+            waited = await self._queue_empty(self.old, config.drain_timeout)
+            self.hooks.drain(self.old)
+            self._phase("handover", old_generation=self.old.number, queued_at_cutover=waited)
         status = await stop_generation(
             self.old,
             config.drain_signal,
@@ -381,3 +555,14 @@ class SwapTransaction:
             old_pid=self.old.pid,
             old_status=describe_status(status),
         )
+        await self.hooks.retire(self.old, config.drain_timeout)
+        steering.handed_over()
+
+
+def _exited_unreaped(pid: int) -> bool:
+    """True when `pid` is a zombie: exited, its status not collected (WNOWAIT keeps it)."""
+    try:
+        found = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return found is not None

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""A hostile generation for the steering tests: it misuses the sockets it inherits.
+
+--shutdown: shutdown(SHUT_RD) every inherited listener at start, then idle.
+--daemon:   fork a setsid daemon that keeps fd 3 and answers on it (`daemon PID`),
+            while this process serves too; both answer `X-Pid: <own pid>`.
+--serve:    answer HTTP on fd 3 (every path: 200, X-Pid) until SIGTERM.
+It prints one line per step, so tests read lines instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def serve(listener: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(2)
+            try:
+                conn.recv(65536)
+                body = f"{os.getpid()}\n".encode()
+                head = f"HTTP/1.1 200 OK\r\nX-Pid: {os.getpid()}\r\nContent-Length: {len(body)}\r\n"
+                conn.sendall(head.encode() + b"Connection: close\r\n\r\n" + body)
+            except OSError:
+                continue
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shutdown", action="store_true")
+    parser.add_argument("--daemon", action="store_true")
+    parser.add_argument("--serve", action="store_true")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    listeners = [socket.socket(fileno=3 + index) for index in range(count)]
+    if args.shutdown:
+        for listener in listeners:
+            listener.shutdown(socket.SHUT_RD)
+        say(f"shut down {count} pid {os.getpid()}")
+    if args.daemon:
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+                say(f"daemon {os.getpid()}")
+                serve(listeners[0])
+                os._exit(0)
+            os._exit(0)
+        os.wait()
+    say(f"ready pid {os.getpid()}")
+    if args.serve and listeners:
+        serve(listeners[0])
+        return 0
+    while True:
+        signal.pause()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
