@@ -14,7 +14,6 @@ For now the sockets are released right after the spawn and `control/server.py` a
 from __future__ import annotations
 
 import _socket
-import contextlib
 import os
 
 from hotswapd.boot import control_paths
@@ -51,8 +50,11 @@ class Prebound:
         if self.control is not None:
             self.control.close()
             self.control = None
-            with contextlib.suppress(OSError):
+            # try/except, not contextlib.suppress: contextlib costs ~2 ms before the spawn
+            try:
                 os.unlink(self.control_path)
+            except OSError:
+                pass  # already gone: nothing to clean
             _remove_dirs(self.made)
         if self.metrics is not None:
             self.metrics.close()
