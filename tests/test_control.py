@@ -663,3 +663,32 @@ def test_status_into_a_closed_pipe_is_quiet(served: Served) -> None:
     assert "Traceback" not in result.stderr
     assert "BrokenPipeError" not in result.stderr
     assert result.returncode == 0, result.stderr
+
+
+def test_serves_a_socket_bound_before_the_fork(tmp_path: Path) -> None:
+    """start_control serves the socket the run mode bound with `_socket`, and removes it."""
+    import _socket
+    import asyncio
+    import types
+
+    path = str(tmp_path / "control.sock")
+    raw = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    raw.bind(path)
+    raw.listen(8)
+    active = types.SimpleNamespace(number=1, pid=os.getpid(), alive=True, status=None)
+    supervisor = types.SimpleNamespace(active=active, state=types.SimpleNamespace(value="running"))
+    log = types.SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None)
+
+    async def scenario() -> tuple[int, str]:
+        config = Config(command=("x",), control_socket=path)
+        close = await control.start_control(config, supervisor, log, bound=raw)
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, raw_request, path, "GET", "/health")
+        finally:
+            await close()
+
+    code, text = asyncio.run(scenario())
+    assert code == 200
+    assert json.loads(text)["healthy"] is True
+    assert not os.path.exists(path)

@@ -19,6 +19,7 @@ Design notes (why not aiohttp's web server here):
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import errno
@@ -63,6 +64,13 @@ class Limits:
     max_head: int = 8192
     max_body: int = 64 * 1024
     max_connections: int = 32
+
+
+def adopt(bound: _socket.socket) -> socket.socket:
+    """A socket bound by the import-light run mode (`_socket`), as a full, non-blocking one."""
+    sock = socket.socket(fileno=bound.detach())
+    sock.setblocking(False)
+    return sock
 
 
 def connection_cap(wanted: int) -> int:

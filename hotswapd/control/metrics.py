@@ -17,6 +17,7 @@ Design notes:
 
 from __future__ import annotations
 
+import _socket
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -35,7 +36,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hotswapd.boot.config import Config
-from hotswapd.control.http import HTTPError, Limits, Reply, Request, Server, connection_cap
+from hotswapd.control.http import (
+    HTTPError,
+    Limits,
+    Reply,
+    Request,
+    Server,
+    adopt,
+    connection_cap,
+)
 from hotswapd.control.status import build_status
 from hotswapd.errors import HotswapdError
 
@@ -209,10 +218,16 @@ def bind(address: str) -> socket.socket:
     return sock
 
 
-async def start_metrics(config: Config, supervisor: Any, log: Any) -> Callable[[], Awaitable[None]]:
-    """Serve /metrics on config.metrics; returns the function that stops serving."""
+async def start_metrics(
+    config: Config, supervisor: Any, log: Any, bound: _socket.socket | None = None
+) -> Callable[[], Awaitable[None]]:
+    """Serve /metrics on config.metrics; returns the function that stops serving.
+
+    `bound`: the port, already bound and listening by the run mode before the first fork
+    (boot/sockets.py); without it the port is bound here.
+    """
     assert config.metrics is not None
-    sock = bind(config.metrics)
+    sock = bind(config.metrics) if bound is None else adopt(bound)
     metrics = Metrics(supervisor)
     supervisor.listeners_swap_hooks.append(metrics.on_swap)
     limits = Limits(

@@ -28,6 +28,7 @@ POST /rollback with {"wait": bool, "reason": str} (with wait: newline-delimited 
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import os
@@ -40,7 +41,15 @@ from hotswapd.boot.control_paths import default_choice, dir_problem, server_path
 from hotswapd.boot.signals import name as signal_name
 from hotswapd.boot.units import BadValue, parse_signal
 from hotswapd.control.health import HealthCheck
-from hotswapd.control.http import HTTPError, Limits, Reply, Request, Server, connection_cap
+from hotswapd.control.http import (
+    HTTPError,
+    Limits,
+    Reply,
+    Request,
+    Server,
+    adopt,
+    connection_cap,
+)
 from hotswapd.control.status import build_status
 from hotswapd.core.events import SignalRequested
 from hotswapd.errors import HotswapdError, UsageError
@@ -225,9 +234,17 @@ def _phase(item: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     return {"phase": name, **fields}
 
 
-async def start_control(config: Config, supervisor: Any, log: Any) -> Callable[[], Awaitable[None]]:
-    """Serve the control socket; returns the function that closes and removes it."""
+async def start_control(
+    config: Config, supervisor: Any, log: Any, bound: _socket.socket | None = None
+) -> Callable[[], Awaitable[None]]:
+    """Serve the control socket; returns the function that closes and removes it.
+
+    `bound`: the explicit --control-socket, already bound and listening at its path by the
+    run mode before the first fork (boot/sockets.py); without it the socket is bound here.
+    """
     path, explicit = server_path(config, os.environ)
+    if bound is not None and path is not None:
+        return await _serve_control(config, supervisor, log, path, adopt(bound))
 
     async def nothing() -> None:
         return None
@@ -256,6 +273,12 @@ async def start_control(config: Config, supervisor: Any, log: Any) -> Callable[[
             fix="give this hotswapd its own --control-socket PATH",
         )
         return nothing
+    return await _serve_control(config, supervisor, log, path, sock)
+
+
+async def _serve_control(
+    config: Config, supervisor: Any, log: Any, path: str, sock: socket.socket
+) -> Callable[[], Awaitable[None]]:
     identity = os.stat(path)
     control = ControlServer(supervisor, log, path, config)
     limits = Limits(
