@@ -321,10 +321,11 @@ def test_socket_0600_and_other_users_refused(hotswapd: Start, app: Path, open_di
     assert served.run.events("swap_requested") == []
 
 
-def test_socket_path_from_the_environment(hotswapd: Start, app: Path, tmp_path: Path) -> None:
+def test_socket_path_from_the_environment(hotswapd: Start, tmp_path: Path) -> None:
     """HOTSWAPD_CONTROL_SOCKET places the socket (run mode) and finds it (ctl)."""
     sock = str(tmp_path / "env" / "control.sock")
-    run = hotswapd([], [str(app)], env={"HOTSWAPD_CONTROL_SOCKET": sock})
+    child = [sys.executable, str(REPO / "tests" / "children" / "child.py")]
+    run = hotswapd([], child, env={"HOTSWAPD_CONTROL_SOCKET": sock})
     assert run.wait_event("control_listening")["path"] == sock
     result = run_cli("ctl", "status", "--json", socket_env=sock)
     assert result.returncode == 0, result.stderr
@@ -504,14 +505,13 @@ def test_bind_never_chmods_by_path(tmp_path: Path) -> None:
     assert all(isinstance(target, int) for target in chmods), chmods
 
 
-def test_explicit_path_in_a_world_writable_dir_is_refused(
-    hotswapd: Start, app: Path, open_dir: Path
-) -> None:
+def test_explicit_path_in_a_world_writable_dir_is_refused(hotswapd: Start, open_dir: Path) -> None:
     """--control-socket in a 0777 directory (no sticky bit) is exit 2 with one line."""
     shared = open_dir / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    run = hotswapd(["--control-socket", str(shared / "control.sock")], [str(app)])
+    child = [sys.executable, str(REPO / "tests" / "children" / "child.py")]
+    run = hotswapd(["--control-socket", str(shared / "control.sock")], child)
     assert run.wait(30) == 2
     problems = [line for line in run.stderr_lines if "is writable by other users" in line]
     assert len(problems) == 1, run.tail()
