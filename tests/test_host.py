@@ -214,7 +214,9 @@ def test_run_mode_names_the_mount_hiding_its_program(tmp_path: Path) -> None:
     (point / "server").chmod(0o755)
     program = str(point / "server")
     with tmpfs_over(point):
-        finding, fix = shadow.hidden_finding(program, shadow.hidden_by_mount(program))
+        mount = shadow.hidden_by_mount(program)
+        assert mount is not None
+        finding, fix = shadow.hidden_finding(program, mount)
         ran = subprocess.run(
             [sys.executable, "-m", "hotswapd", "--control-socket", "off", "--", program],
             capture_output=True,

@@ -418,7 +418,9 @@ def test_watcher_warns_when_tmpfs_is_mounted_over_watched_dir(container: Contain
     mounted = container.exec("mount", "-t", "tmpfs", "tmpfs", "/srv/cfg", caps=("CAP_SYS_ADMIN",))
     assert mounted.returncode == 0, mounted.stderr
     warning = wait_until(
-        lambda: [e for e in run.events("watch_mount_changed", path="/srv/cfg") if e["level"] == "warning"],
+        lambda: [
+            e for e in run.events("watch_mount_changed", path="/srv/cfg") if e["level"] == "warning"
+        ],
         10,
         lambda: (
             f"the watcher's mount warning (watch mode {watching['mode']}: "
