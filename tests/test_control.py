@@ -300,6 +300,12 @@ def test_signal_forwarded_to_active(hotswapd: Start, tmp_path: Path) -> None:
     bad = run_cli("ctl", "--control-socket", sock, "signal", "NOPE")
     assert bad.returncode == 1
     assert "use a signal name" in bad.stderr
+    for refused in ("STOP", "CHLD"):  # would freeze the server, or lie about its children
+        result = run_cli("ctl", "--control-socket", sock, "signal", refused)
+        assert result.returncode == 1
+        assert "job-control" in result.stderr or "child-state" in result.stderr, result.stderr
+    forwarded = ("signal SIGSTOP", "signal SIGCHLD")
+    assert not run.stdout_matching(lambda line: line.startswith(forwarded))
 
 
 # ------------------------------------------------------------------ the socket itself

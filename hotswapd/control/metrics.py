@@ -64,7 +64,7 @@ class SupervisorCollector(Collector):
         self.supervisor = supervisor
 
     def collect(self) -> Iterator[Metric]:
-        status = build_status(self.supervisor)
+        status = build_status(self.supervisor, hash_missing=False)  # metrics export no hash
         counters = status["counters"]
         yield _gauge(
             "hotswapd_active_generation",

@@ -39,7 +39,7 @@ from typing import Any
 from hotswapd.boot.config import Config
 from hotswapd.boot.control_paths import default_choice, dir_problem, server_path, server_problem
 from hotswapd.boot.signals import name as signal_name
-from hotswapd.boot.units import BadValue, parse_signal
+from hotswapd.boot.units import BadValue, signal_for
 from hotswapd.control.health import HealthCheck
 from hotswapd.control.http import (
     HTTPError,
@@ -50,7 +50,7 @@ from hotswapd.control.http import (
     adopt,
     connection_cap,
 )
-from hotswapd.control.status import build_status
+from hotswapd.control.status import build_status, hash_executables
 from hotswapd.core.events import SignalRequested
 from hotswapd.errors import HotswapdError, UsageError
 from hotswapd.host.unixsock import socket_state
@@ -158,6 +158,7 @@ class ControlServer:
             queue.put_nowait(None)
 
     async def status(self, request: Request, reply: Reply) -> None:
+        await hash_executables(self.supervisor)  # chunked, yielding to the loop
         await reply.json(200, build_status(self.supervisor, self.path))
 
     async def health(self, request: Request, reply: Reply) -> None:
@@ -175,7 +176,8 @@ class ControlServer:
         if not isinstance(given, str | int) or isinstance(given, bool):
             raise HTTPError(400, "signal: must be a name or a number")
         try:
-            signum = parse_signal(str(given))
+            # The rule of --watch PATH=signal:NAME: never a job-control or child-state signal.
+            signum = signal_for("watch")(str(given))
         except BadValue as exc:
             raise HTTPError(400, f"signal {str(given)[:40]!r}: {exc}") from None
         self.supervisor.post(SignalRequested(signum, source="ctl"))
