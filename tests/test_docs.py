@@ -487,7 +487,7 @@ def test_other_blocks_show_valid_hotswapd_lines(page: Path) -> None:
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_flags_named_in_prose_exist(page: Path) -> None:
     """Each `--flag` (and `-flag` of the example server) in the prose is real; values parse."""
-    ctl_flags = {"--wait", "--json", "--no-reload", "--control-socket"}
+    ctl_flags = {"--wait", "--json", "--no-reload", "--control-socket", "--force", "--timeout"}
     run_flags = {option.flag: option for option in hs.OPTIONS}
     for line, span in inline_code(page):
         words = span.split()
