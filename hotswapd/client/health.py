@@ -41,8 +41,9 @@ def parser() -> argparse.ArgumentParser:
         "--timeout",
         metavar="SECONDS",
         type=float,
-        default=5.0,
-        help="give up after this long (default 5; keep it under the probe's own timeout)",
+        default=2.0,
+        help="give up after this long (default 2: inside Docker's HEALTHCHECK --timeout=3s; "
+        "keep it under the probe's own timeout)",
     )
     return top
 
