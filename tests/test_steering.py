@@ -618,3 +618,80 @@ def _answers(port: int) -> bool:
         return bool(get_pid(port))
     except OSError:
         return False
+
+
+@pytest.mark.skipif(SOCKET_ACTIVATE is None, reason="needs systemd-socket-activate (systemd)")
+def test_shared_mode_survives_a_candidate_that_shuts_the_socket_down(
+    hotswapd: Start, program: Path, tmp_path: Path
+) -> None:
+    """Shared (adopted) socket: a candidate's shutdown kills gen 1, hotswapd listens again
+    before the restart, the restarted server serves, and nothing claims gen 1 serves on."""
+    assert SOCKET_ACTIVATE is not None
+    port = free_port()
+    activate = [SOCKET_ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=http"]
+    control = ["--control-socket", str(tmp_path / "c.sock")]
+    run = hotswapd([*GATED, "--on-exit", "restart", *control], [str(program)], pid1=False,
+                   wrapper=activate)  # fmt: skip
+    wait_until(lambda: _answers(port), 15, "generation 1 answering")  # also starts hotswapd
+    listening = run.wait_event("listening")
+    assert (listening["mode"], listening["adopted"]) == ("shared", True)
+    run.wait_event("supervising")
+    first = str(run.wait_event("spawned")["pid"])
+    once = tmp_path / "shut-down-once"
+    once.touch()
+    install(hostile_program(tmp_path, "--shutdown-once", str(once), "--serve"), program)
+    outcome = swap(run, 1)
+    assert outcome["outcome"] == "rolled_back"
+    relistened = run.wait_event("listener_relistened")
+    assert relistened["listeners"] == ["http"]
+    run.wait_event("restarted", timeout=20)
+    wait_until(lambda: _answers(port), 15, "the restarted generation answering")
+    candidate = str(run.wait_event("swap_spawned")["pid"])
+    assert get_pid(port) not in (first, candidate)  # a restarted generation serves
+    rolled = run.wait_event("swap_rolled_back")
+    assert "keeps serving" not in rolled["reason"]
+
+
+# ----------------------------------------------------------------------------- untrusted answers
+
+
+def test_a_redirect_fails_the_gate_and_is_never_followed(hotswapd: Start, program: Path,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    """A candidate answering 302 to another local service is rolled back, the 302 named."""
+    run, port, first = start(hotswapd, program)
+    install(hostile_program(tmp_path, "--serve", "--answer", "redirect"), program)
+    outcome = swap(run, 1)
+    assert outcome["outcome"] == "rolled_back"
+    assert outcome["code"] == "health"
+    named = "HTTP 302 redirect to http://127.0.0.1:9/x (redirects are never followed)"
+    assert named in outcome["reason"]
+    assert get_pid(port) == str(first)
+
+
+def test_a_huge_health_body_is_cut_not_buffered(hotswapd: Start, program: Path,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """A 1.5 GB /healthz body: PID 1's peak memory stays far below it (read a few KiB)."""
+    run, _, _ = start(hotswapd, program)
+    before = _peak_kib(run.pid)
+    install(hostile_program(tmp_path, "--serve", "--answer", "huge"), program)
+    outcome = swap(run, 1)
+    assert outcome["outcome"] == "committed", outcome  # the status was 200; the body was cut
+    assert _peak_kib(run.pid) - before < 32 * 1024
+
+
+def _peak_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_doctor_can_ask_which_mode_each_listener_would_be_in() -> None:
+    """steering_modes says what bind_all would do, binding nothing: the one rule for doctor."""
+    from hotswapd.boot.listeners import steering_modes
+    from hotswapd.boot.values import parse_listen
+
+    specs = [parse_listen("http=tcp://127.0.0.1:1"), parse_listen("l=unix:///tmp/x.sock")]
+    assert [mode for _, mode, _ in steering_modes(specs)] == ["steered", "shared"]
+    assert steering_modes(specs, "off")[0] == ("http", "shared", "--steering off")
+    assert steering_modes(specs, adopted=True)[0][1] == "shared"

@@ -41,6 +41,7 @@ BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
 STEERED, SHARED = "steered", "shared"
+STEERED_WHY = "one socket per generation, steered by a reuseport program"
 
 
 class Listener:
@@ -141,6 +142,34 @@ def adopt_inherited(environ: Mapping[str, str]) -> list[Listener] | None:
     return adopted
 
 
+def steering_modes(specs: Sequence[ListenSpec], steering: str = "auto",
+                   adopted: bool = False) -> list[tuple[str, str, str]]:  # fmt: skip
+    """(name, mode, why) per listener, as `bind_all` would decide: for `hotswapd doctor`.
+
+    Asks the kernel the same question (a throwaway socket takes the program), binds
+    nothing. Adopted sockets (LISTEN_FDS given to hotswapd) are always shared.
+    """
+    refused: str | None = None
+    if steering != "off" and not adopted and any(spec.kind != "unix" for spec in specs):
+        from hotswapd.steer.bpf import kernel_accepts
+
+        refused = kernel_accepts()
+    out = []
+    for spec in specs:
+        if adopted:
+            out.append((spec.name, SHARED, "adopted from the parent: hotswapd did not create "
+                        "its group"))  # fmt: skip
+        elif spec.kind == "unix":
+            out.append((spec.name, SHARED, "unix sockets cannot be steered"))
+        elif steering == "off":
+            out.append((spec.name, SHARED, "--steering off"))
+        elif refused is not None:
+            out.append((spec.name, SHARED, f"the kernel refuses the steering program: {refused}"))
+        else:
+            out.append((spec.name, STEERED, STEERED_WHY))
+    return out
+
+
 def bind_all(specs: Sequence[ListenSpec], steering: str = "auto") -> list[Listener]:
     """Bind every --listen spec; on any failure close what was bound and raise one error.
 
@@ -170,7 +199,7 @@ def bind_all(specs: Sequence[ListenSpec], steering: str = "auto") -> list[Listen
             else:
                 listener = _bind_tcp(spec, reuseport=True)
                 listener.mode = STEERED
-                listener.why = "one socket per generation, steered by a reuseport program"
+                listener.why = STEERED_WHY
             bound.append(listener)
     except BaseException:
         close_all(bound)

@@ -150,14 +150,21 @@ class Steering:
         for inode in [inode for inode in lane.foreign if inode not in seen]:
             lane.group.leave(lane.foreign.pop(inode))  # it left: the last took its slot
 
-    def resync(self, lane: Lane) -> list[int]:
-        """Bring the model in line with the kernel; the generations whose socket left."""
+    def resync(self, lane: Lane, foreign: bool = False) -> list[int]:
+        """Bring the model in line with the kernel; the generations whose socket left.
+
+        `foreign` also reads the port's listeners from /proc/net/tcp: milliseconds on a
+        host with many sockets, so only where slots are about to be named anew (a join,
+        a leave), not at every phase change. A foreign socket joins *last*, which moves
+        no member of ours; only its leave could, and that is checked at our leaves.
+        """
         left = []
         for number, sock in list(lane.sockets.items()):
             if sock in lane.group and not observe.is_listening(sock):
                 lane.group.leave(sock)  # a child shut it down: it left, the last moved
                 left.append(number)
-        self._find_foreign(lane)
+        if foreign:
+            self._find_foreign(lane)
         return left
 
     def not_listening(self, number: int) -> list[str]:
@@ -199,7 +206,7 @@ class Steering:
         made: list[tuple[Lane, _socket.socket]] = []
         try:
             for lane in self.lanes:
-                self.resync(lane)
+                self.resync(lane, foreign=True)
                 self._attach(lane)
                 sock = lane.listener.new_member()
                 made.append((lane, sock))
@@ -255,7 +262,7 @@ class Steering:
     def _leave(self, lane: Lane, number: int) -> bool:
         sock = lane.sockets[number]
         if sock in lane.group:
-            self.resync(lane)
+            self.resync(lane, foreign=True)
         if sock in lane.group and len(lane.group) == 1:
             _shutdown(sock)
             lane.group.leave(sock)

@@ -5,6 +5,9 @@
 --daemon:   fork a setsid daemon that keeps fd 3 and answers on it (`daemon PID`),
             while this process serves too; both answer `X-Pid: <own pid>`.
 --serve:    answer HTTP on fd 3 (every path: 200, X-Pid) until SIGTERM.
+--shutdown-once FILE: like --shutdown, if FILE exists (it is removed): a restart serves.
+--answer redirect|huge: with --serve, every answer is a 302 to another local service, or
+            a 200 whose body is 1.5 GB (sent until the peer closes).
 It prints one line per step, so tests read lines instead of sleeping.
 """
 
@@ -22,6 +25,9 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
+ANSWER = "ok"
+
+
 def serve(listener: socket.socket) -> None:
     while True:
         try:
@@ -32,6 +38,16 @@ def serve(listener: socket.socket) -> None:
             conn.settimeout(2)
             try:
                 conn.recv(65536)
+                if ANSWER == "redirect":
+                    conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/x\r\n"
+                                 b"Content-Length: 0\r\n\r\n")  # fmt: skip
+                    continue
+                if ANSWER == "huge":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1500000000\r\n\r\n")
+                    chunk = b"x" * 65536
+                    for _ in range(1500000000 // len(chunk)):
+                        conn.sendall(chunk)
+                    continue
                 body = f"{os.getpid()}\n".encode()
                 head = f"HTTP/1.1 200 OK\r\nX-Pid: {os.getpid()}\r\nContent-Length: {len(body)}\r\n"
                 conn.sendall(head.encode() + b"Connection: close\r\n\r\n" + body)
@@ -44,7 +60,14 @@ def main() -> int:
     parser.add_argument("--shutdown", action="store_true")
     parser.add_argument("--daemon", action="store_true")
     parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--shutdown-once", default=None)
+    parser.add_argument("--answer", default="ok")
     args = parser.parse_args()
+    global ANSWER
+    ANSWER = args.answer
+    if args.shutdown_once and os.path.exists(args.shutdown_once):
+        os.unlink(args.shutdown_once)
+        args.shutdown = True
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     count = int(os.environ.get("LISTEN_FDS", "0"))
     listeners = [socket.socket(fileno=3 + index) for index in range(count)]
