@@ -261,6 +261,7 @@ class Steering:
 
     def _leave(self, lane: Lane, number: int) -> bool:
         sock = lane.sockets[number]
+        self._say_queue_left(lane, number, sock)
         if sock in lane.group:
             self.resync(lane, foreign=True)
         if sock in lane.group and len(lane.group) == 1:
@@ -288,6 +289,21 @@ class Steering:
         del lane.sockets[number]
         sock.close()
         return True
+
+    def _say_queue_left(self, lane: Lane, number: int, sock: _socket.socket) -> None:
+        """Connections still queued when a socket leaves are reset, unless the kernel
+        moves them (net.ipv4.tcp_migrate_req=1): the handover makes this the exception
+        (a generation that exited without accepting what it had queued)."""
+        try:
+            left = observe.accept_queue_length(sock) if sock in lane.group else 0
+        except (OSError, ValueError):
+            return
+        if left:
+            migrate = observe.queue_migration()
+            self.log.warning("steering_queue_left", listener=lane.listener.name,
+                             generation=number, queued=left, migrated=migrate,
+                             fix=None if migrate else "sysctl net.ipv4.tcp_migrate_req=1 "
+                             "(per network namespace) makes the kernel hand them on")  # fmt: skip
 
     def restore(self, number: int) -> list[str]:
         """listen() again on generation `number`'s sockets that a child shut down (restart)."""

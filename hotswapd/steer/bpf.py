@@ -16,7 +16,7 @@ by experiment on Linux 6.18 (tests/test_steer.py keeps proving it):
   index a program can produce, so a caller can check them against the group size.
 
 This module runs before the first fork: no ctypes, typing, enum or dataclasses at
-import; `attach` needs only array and struct, so the kernel can be asked before the spawn.
+import; `attach` needs only struct, so the kernel can be asked before the spawn.
 """
 
 from __future__ import annotations
@@ -272,17 +272,25 @@ def attach(sock: _socket.socket, program: Sequence[Instruction]) -> None:
     Attach through a socket that has already joined (is listening): a socket that has
     not gets a group of its own, which it leaves when it joins the real one.
     """
-    # struct sock_fprog holds a *pointer* to the instructions. An array's buffer has a
-    # stable address (buffer_info), so no ctypes is needed: this can run before the
-    # first fork, where ctypes (~1.6 ms, libffi) is not welcome.
-    import array
+    # struct sock_fprog holds a *pointer* to the instructions. ctypes would give one, but
+    # costs ~1.6 ms and libffi before the first fork, and `array` pulls in collections.
+    # A bytes object's data sits right after its fixed header in CPython (the header is
+    # what an empty one measures, minus its terminating NUL), and `code` stays alive
+    # until the kernel has copied it, inside setsockopt.
     import struct
+    import sys
 
     code = b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
-    filters = array.array("B", code)
-    fprog = struct.pack("HP", len(program), filters.buffer_info()[0])  # native: u16, pad, ptr
+    if sys.implementation.name == "cpython":
+        address = id(code) + sys.getsizeof(b"") - 1
+    else:  # pragma: no cover - hotswapd ships for CPython; elsewhere ask ctypes
+        import ctypes
+
+        buffer = ctypes.create_string_buffer(code, len(code))
+        address = ctypes.addressof(buffer)
+    fprog = struct.pack("HP", len(program), address)  # native: u16 len, padding, pointer
     try:
-        # The kernel copies the instructions during the call, so `filters` may go after it.
+        # The kernel copies the instructions during the call, so `code` may go after it.
         sock.setsockopt(_socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
     except OSError as exc:
         raise explain(exc) from exc
