@@ -3,6 +3,7 @@ the kernel where every new connection lands. Real processes, real kernel, real c
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import shutil
@@ -695,3 +696,62 @@ def test_doctor_can_ask_which_mode_each_listener_would_be_in() -> None:
     assert [mode for _, mode, _ in steering_modes(specs)] == ["steered", "shared"]
     assert steering_modes(specs, "off")[0] == ("http", "shared", "--steering off")
     assert steering_modes(specs, adopted=True)[0][1] == "shared"
+
+
+def test_the_selector_gives_a_canary_step_its_weight_and_withdraws_it_at_once() -> None:
+    """Real sockets, the controller alone: 20% ± 5 of 1,000 connections, then 0% at once."""
+    import structlog
+
+    from hotswapd.boot.listeners import bind_all, close_all
+    from hotswapd.boot.values import parse_listen
+    from hotswapd.core.steering import Steering
+
+    listeners = bind_all([parse_listen("http=tcp://127.0.0.1:0")])
+    steering = Steering(listeners, 1, structlog.get_logger())
+    try:
+        # socket.socket views (dup'd fds) of the two members, to accept() from
+        old = socket.socket(fileno=os.dup(listeners[0].sock.fileno()))
+        (member,) = steering.sockets_for(2)
+        new = socket.socket(fileno=os.dup(member.fileno()))
+        port = listeners[0].port()
+        old.setblocking(False)
+        new.setblocking(False)
+
+        def accepted(seen: Counter[str]) -> bool:
+            for name, sock in (("old", old), ("new", new)):
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    continue
+                except OSError as exc:  # EINVAL: this member has left (released)
+                    if exc.errno != errno.EINVAL or name != "old":
+                        raise
+                    continue
+                conn.close()
+                seen[name] += 1
+                return True
+            return False
+
+        def land(count: int) -> Counter[str]:
+            seen: Counter[str] = Counter()
+            for _ in range(count):
+                with socket.create_connection(("127.0.0.1", port)):
+                    wait_until(lambda: accepted(seen), 5, "the connection in a queue")
+            return seen
+
+        assert land(50) == Counter(old=50)  # joined, but named by no program yet
+        steering.weigh(2, 20)
+        share = land(1000)
+        assert sum(share.values()) == 1000
+        assert abs(share["new"] / 10 - 20) <= 5, share
+        steering.withdraw(2)
+        assert land(200) == Counter(old=200)
+        steering.cutover(2)
+        assert land(200) == Counter(new=200)
+        assert steering.release(1)
+        assert land(50) == Counter(new=50)
+        old.close()
+        new.close()
+    finally:
+        steering.close()
+        close_all(listeners)
