@@ -87,7 +87,7 @@ class Steering:
         self.source: ProbeSource | None = None
         self._told_foreign: set[int] = set()
         for lane in self.lanes:
-            self._find_foreign(lane)
+            self._find_foreign(lane, every_family=True)
             # Generation 1 alone needs no program (the kernel hashes over one socket), but
             # a foreign socket joining later would get its share: name generation 1 now.
             self._attach(lane)
@@ -123,11 +123,16 @@ class Steering:
 
     # ------------------------------------------------------------ what the kernel says
 
-    def _find_foreign(self, lane: Lane) -> None:
-        """Model foreign members of our group (same address and family); say each once."""
+    def _find_foreign(self, lane: Lane, every_family: bool = False) -> None:
+        """Model foreign members of our group (same address and family); say each once.
+
+        Later looks read only the group's own family (see observe.listening's cost);
+        the one at start also finds a socket of the other family on the port.
+        """
         ours = lane.own_inodes()
         seen = set()
-        for entry in observe.foreign_members(lane.port, ours):
+        family = None if every_family else lane.family
+        for entry in observe.foreign_members(lane.port, ours, family):
             if entry.inode not in self._told_foreign:
                 self._told_foreign.add(entry.inode)
                 self.log.warning(

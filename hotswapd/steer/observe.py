@@ -100,7 +100,7 @@ def _address(hex_address: str, family: int) -> str:
     return _socket.inet_ntop(family, words)
 
 
-def listening(port: int) -> list[Listening]:
+def listening(port: int, family: int | None = None) -> list[Listening]:
     """The listening TCP sockets on `port` in this network namespace, in kernel list order.
 
     Within one address and port the list is the group's lookup chain: IPv4 sockets are
@@ -108,7 +108,12 @@ def listening(port: int) -> list[Listening]:
     IPv4). The kernel lists listeners before any other socket, so reading stops there.
     """
     found: list[Listening] = []
-    for name, family in (("/proc/net/tcp", _socket.AF_INET), ("/proc/net/tcp6", _socket.AF_INET6)):
+    files = (("/proc/net/tcp", _socket.AF_INET), ("/proc/net/tcp6", _socket.AF_INET6))
+    # `family` reads one file only: the kernel walks its whole connection table to say a
+    # file holds no more sockets of that family (milliseconds with 100k in TIME_WAIT).
+    for name, family_ in files:
+        if family is not None and family_ != family:
+            continue
         try:
             stream = open(name)  # noqa: SIM115 -- closed below; a with-block would nest the loop deeper
         except FileNotFoundError:  # no IPv6 in this kernel
@@ -123,23 +128,24 @@ def listening(port: int) -> list[Listening]:
                 if int(hex_port, 16) != port:
                     continue
                 queued = int(fields[4].partition(":")[2], 16)
-                found.append(Listening(int(fields[9]), family, _address(address, family), port,
+                found.append(Listening(int(fields[9]), family_, _address(address, family_), port,
                                        int(fields[7]), queued))  # fmt: skip
     return found
 
 
-def foreign_members(port: int, own_inodes: Collection[int]) -> list[Listening]:
+def foreign_members(port: int, own_inodes: Collection[int],
+                    family: int | None = None) -> list[Listening]:  # fmt: skip
     """Listening sockets on `port` that are not ours: they may sit in our group's slots.
 
     A same-uid SO_REUSEPORT socket on the same address joins our group (last), and one
     on a more specific address or of the IPv4 family takes connections before a group
     on `::` is even asked. Either way hotswapd does not steer all of the port.
     """
-    return [entry for entry in listening(port) if entry.inode not in own_inodes]
+    return [entry for entry in listening(port, family) if entry.inode not in own_inodes]
 
 
 def join_order(port: int, family: int, address: str) -> list[int]:
     """Inodes of the sockets listening on address:port, oldest join first."""
-    entries = [e for e in listening(port) if e.family == family and e.address == address]
+    entries = [e for e in listening(port, family) if e.address == address]
     inodes = [e.inode for e in entries]
     return inodes[::-1] if family == _socket.AF_INET else inodes
