@@ -14,8 +14,8 @@ it). Per mode:
   answer from the old pid (median/max over the swaps);
 - signal → old generation exited (swap_old_exited in the log);
 - the candidate's share of fresh connections answered before its verdict (swap_ready);
-- new connections/s, steady state, wrk with `Connection: close` (the selector's cost: goal
-  ≥ 0.98× shared).
+- new connections/s, steady state, wrk with `Connection: close`, both modes up at once and
+  taking turns for --rounds runs (median; the selector's cost: goal ≥ 0.98× shared).
 
 tableflip is benchmarked by bench/bench_servers.py (same wrk load, same example-server
 drain) and not repeated here. Prints a table and writes JSON (bench/results/steering.json).
@@ -130,14 +130,30 @@ def stamp(events: list[dict[str, Any]]) -> float | None:
     return common.parse_timestamp(events[0]["timestamp"]) if events else None
 
 
-def run_mode(mode: str, builds: list[Path], swaps: int, interval: float, seconds: int,
-             script: Path) -> dict[str, Any]:  # fmt: skip
-    tmp = Path(tempfile.mkdtemp(prefix="bench-steering-app-"))
-    program = tmp / "server"
-    shutil.copy2(builds[0], program)
-    proc, port = start(mode, program)
+def steady_rounds(ports: dict[str, int], seconds: int, rounds: int,
+                  script: Path) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """New connections/s under Connection: close, the modes taking turns round by round
+    (the order alternating), so the machine's own noise hits both alike."""
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in ports}
+    for index in range(rounds):
+        order = list(ports) if index % 2 == 0 else list(ports)[::-1]
+        for mode in order:
+            runs[mode].append(wrk_result(wrk(ports[mode], seconds, script, close=True)))
+    return {
+        mode: {
+            "per_s": round(statistics.median(r["per_s"] for r in results), 1),
+            "errors": sum(r["errors"] for r in results),
+            "rounds": [r["per_s"] for r in results],
+        }
+        for mode, results in runs.items()
+    }
+
+
+def run_mode(mode: str, proc: common.Process, port: int, program: Path, builds: list[Path],
+             swaps: int, interval: float, script: Path,
+             steady: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    tmp = program.parent
     try:
-        steady = wrk_result(wrk(port, seconds, script, close=True))  # new connections/s
         load = wrk(port, int(swaps * (interval + 0.3)) + 4, script, close=False)
         fresh = Fresh(port)
         time.sleep(1.0)  # warm-up under load before the first swap
@@ -201,6 +217,7 @@ def summarize(mode: str, records: list[dict[str, Any]], fresh: Fresh, keepalive:
         "requests_per_s": keepalive["per_s"],
         "new_connections_per_s": steady["per_s"],
         "new_connection_errors": steady["errors"],
+        "new_connections_per_s_rounds": steady["rounds"],
         "signal_to_all_new_ms": common.summarize(takes_all) if takes_all else None,
         "signal_to_old_exited_ms": common.summarize(exited),
         "candidate_share_before_verdict": round(statistics.mean(candidate_share), 4)
@@ -215,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--swaps", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.5)
-    parser.add_argument("--seconds", type=int, default=5, help="steady Connection: close run")
+    parser.add_argument("--seconds", type=int, default=3, help="one Connection: close run")
+    parser.add_argument("--rounds", type=int, default=4, help="Connection: close runs per mode")
     parser.add_argument("--json", type=Path, default=common.default_json("steering"))
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -224,8 +242,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "summary.lua"
         script.write_text(WRK_SCRIPT)
-        results = {mode: run_mode(mode, builds, args.swaps, args.interval, args.seconds, script)
-                   for mode in ("steered", "shared")}  # fmt: skip
+        started = {}
+        for mode in ("steered", "shared"):
+            program = Path(tempfile.mkdtemp(prefix="bench-steering-app-")) / "server"
+            shutil.copy2(builds[0], program)
+            started[mode] = (*start(mode, program), program)
+        try:
+            steady = steady_rounds({mode: port for mode, (_, port, _) in started.items()},
+                                   args.seconds, args.rounds, script)  # fmt: skip
+        except BaseException:
+            for proc, _, _ in started.values():
+                proc.stop()
+            raise
+        results = {mode: run_mode(mode, proc, port, program, builds, args.swaps, args.interval,
+                                  script, steady[mode])
+                   for mode, (proc, port, program) in started.items()}  # fmt: skip
     steered, shared = results["steered"], results["shared"]
     ratio = steered["new_connections_per_s"] / shared["new_connections_per_s"]
     rows = []
