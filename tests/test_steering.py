@@ -755,3 +755,20 @@ def test_the_selector_gives_a_canary_step_its_weight_and_withdraws_it_at_once() 
     finally:
         steering.close()
         close_all(listeners)
+
+
+def test_a_pid1_child_of_no_live_generation_is_listed_and_logged_once(
+    hotswapd: Start, program: Path, go_server: Any, tmp_path: Path
+) -> None:
+    """A setsid grandchild holding no socket outlives its generation: listed, logged once."""
+    install(hostile_program(tmp_path, "--sleeper", "--serve"), program)
+    run = hotswapd(["--listen", "http=tcp://127.0.0.1:0", *GATED], [str(program)])
+    sleeper = int(run.wait_stdout("sleeper ")[0].split()[1])
+    run.wait_stdout("ready pid")
+    run.wait_event("supervising")
+    for index, build in enumerate(("v2", "v1"), 1):
+        install(go_server(build), program)
+        assert swap(run, index)["outcome"] == "committed"
+    logged = run.events("unowned_child", pid=sleeper)
+    assert len(logged) == 1  # two swaps, one line
+    assert _ns_alive(run, sleeper)

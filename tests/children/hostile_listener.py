@@ -6,6 +6,7 @@
             while this process serves too; both answer `X-Pid: <own pid>`.
 --serve:    answer HTTP on fd 3 (every path: 200, X-Pid) until SIGTERM.
 --shutdown-once FILE: like --shutdown, if FILE exists (it is removed): a restart serves.
+--sleeper:  leave a setsid grandchild that holds no socket and sleeps (`sleeper PID`).
 --answer redirect|huge: with --serve, every answer is a 302 to another local service, or
             a 200 whose body is 1.5 GB (sent until the peer closes).
 It prints one line per step, so tests read lines instead of sleeping.
@@ -18,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 
 def say(text: str) -> None:
@@ -62,6 +64,7 @@ def main() -> int:
     parser.add_argument("--serve", action="store_true")
     parser.add_argument("--shutdown-once", default=None)
     parser.add_argument("--answer", default="ok")
+    parser.add_argument("--sleeper", action="store_true")
     args = parser.parse_args()
     global ANSWER
     ANSWER = args.answer
@@ -85,6 +88,14 @@ def main() -> int:
                 os._exit(0)
             os._exit(0)
         os.wait()
+    if args.sleeper and os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.closerange(3, 64)  # holds none of the generation's sockets
+            say(f"sleeper {os.getpid()}")
+            time.sleep(300)
+            os._exit(0)
+        os._exit(0)
     say(f"ready pid {os.getpid()}")
     if args.serve and listeners:
         serve(listeners[0])
