@@ -174,12 +174,12 @@ def test_help_shows_the_real_defaults() -> None:
 def test_every_option_is_a_field_a_flag_a_variable_and_a_key(tmp_path: Path) -> None:
     """One declaration gives the Config field, the flag, HOTSWAPD_NAME and the TOML key."""
     names = [option.name for option in OPTIONS]
-    assert names[:3] == ["listen", "user", "no_new_privs"]  # declaration order is --help's
+    assert names[:3] == ["listen", "steering", "user"]  # declaration order is --help's
     config_file = tmp_path / "hotswapd.toml"
     config_file.write_text('settle = "4s"\n')
     assert build_config({"config": str(config_file)}, ["x"], {}).settle == 4.0
     assert build_config({}, ["x"], {"HOTSWAPD_SETTLE": "5s"}).settle == 5.0
     assert parse_run_args(["--settle", "6s", "x"]).settle == 6.0
-    assert Config(command=("x",)).settle == Config.settle.default == 1.0
+    assert Config(command=("x",)).settle == Config.settle.default == 0.0
     with pytest.raises(AttributeError):
         Config(command=("x",)).settle = 2.0

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from hotswapd.boot.config import OPTION_BY_NAME
 from hotswapd.boot.steering_options import parse_canary, parse_steering
 from hotswapd.boot.units import BadValue
 from tests.harness import CHILD, HOTSWAPD, Hotswapd, proc_state
@@ -32,18 +31,6 @@ GATED = [*FAST, "--health", "/healthz", "--health-timeout", "3s"]
 HOSTILE = REPO / "tests" / "children" / "hostile_listener.py"
 GO_SYSTEMD = Path("/usr/share/gocode/src/github.com/coreos/go-systemd")
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
-
-
-def wired(option: str, value: str) -> bool:
-    """Whether boot/config.py already reads this value of an option (the lead wires it)."""
-    known = OPTION_BY_NAME.get(option)
-    if known is None:
-        return False
-    try:
-        known.parse(value)
-    except Exception:  # noqa: BLE001 - any refusal means: not wired yet
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------- clients
@@ -386,7 +373,6 @@ def test_a_bare_canary_duration_shares_equally(hotswapd: Start, program: Path,
     assert client.failures == []
 
 
-@pytest.mark.skipif(not wired("canary", "20%:4s"), reason="--canary PERCENT% steps not wired")
 def test_a_weighted_canary_step_gives_its_share(hotswapd: Start, program: Path,
                                                 go_server: Any) -> None:  # fmt: skip
     """--canary 20%:4s: 20% ± 5 of ≥ 1,000 fresh connections reach the candidate."""
@@ -581,7 +567,6 @@ def test_canary_and_steering_values_are_one_line_refusals() -> None:
     assert parse_canary("0") == ()
 
 
-@pytest.mark.skipif(not wired("steering", "off"), reason="--steering not wired in boot/config.py")
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -600,18 +585,21 @@ def test_bad_steering_options_exit_2(args: list[str], says: str) -> None:
     assert says in result.stderr
 
 
-@pytest.mark.skipif(not wired("steering", "off"), reason="--steering not wired in boot/config.py")
 def test_steering_off_shares_one_socket_and_relistens_after_a_shutdown(
     hotswapd: Start, program: Path, tmp_path: Path
 ) -> None:
     """--steering off: one shared socket; a candidate's shutdown is repaired for the restart."""
-    run, port, _first = start(hotswapd, program, "--steering", "off", "--on-exit", "restart")
+    # A fixed port: a socket bound to port 0 comes back on a new one when listened again.
+    run, port, _first = start(hotswapd, program, "--steering", "off", "--on-exit", "restart",
+                              listen=f"http=tcp://127.0.0.1:{free_port()}")  # fmt: skip
     assert run.wait_event("listening")["mode"] == "shared"
-    install(hostile_program(tmp_path, "--shutdown"), program)
+    once = tmp_path / "shut-down-once"
+    once.touch()  # the candidate shuts the socket down; the restart after it serves
+    install(hostile_program(tmp_path, "--shutdown-once", str(once), "--serve"), program)
     outcome = swap(run, 1)
     assert outcome["outcome"] == "rolled_back"
     run.wait_event("listener_relistened")
-    wait_until(lambda: _answers(port), 15, "the port answering again")
+    wait_until(lambda: _answers(port), 15, lambda: f"the port answering again\n{run.tail()}")
 
 
 def _answers(port: int) -> bool:

@@ -22,6 +22,7 @@ import os
 import stat
 
 from hotswapd.boot import sigbits
+from hotswapd.boot.steering_options import format_canary, parse_canary, parse_steering
 from hotswapd.boot.units import (
     BadValue,
     format_duration,
@@ -164,9 +165,16 @@ class Config:
     # sockets
     listen = repeated(
         parse_listen,
-        "socket to bind once and pass to every generation: "
+        "socket to bind and pass to every generation: "
         "[NAME=]tcp://HOST:PORT, tcp://:PORT, tcp://[::1]:PORT or unix:///path",
         "[NAME=]URL",
+    )
+    steering = Option(
+        parse_steering,
+        "auto",
+        "where each new connection lands: auto (one socket per generation on every TCP "
+        "listener the kernel can steer), on (else exit 2), off (one shared socket)",
+        "auto|on|off",
     )
     # child
     user: Option[str | None] = Option(
@@ -209,7 +217,11 @@ class Config:
         show=format_signal,
     )
     health: Option[str | None] = Option(
-        health_path, None, "HTTP path probed on the new generation's private listener", "PATH"
+        health_path,
+        None,
+        "HTTP path probed on the new generation through the listener's public address "
+        "(shared mode: its private probe listener)",
+        "PATH",
     )
     health_url: Option[str | None] = Option(
         parse_health_url, None, "probe this URL instead (server without the probe listener)", "URL"
@@ -229,8 +241,9 @@ class Config:
     )
     settle = Option(
         parse_duration,
-        1.0,
-        "wait this long after readiness before the memory gate",
+        0.0,
+        "wait this long after readiness before the memory gate (steered: the new "
+        "generation takes no traffic meanwhile)",
         "DURATION",
         show=format_duration,
     )
@@ -242,11 +255,12 @@ class Config:
         show=MemoryGrowth.spec,
     )
     canary = Option(
-        parse_duration,
-        0.0,
-        "keep both generations serving this long before cutover",
-        "DURATION",
-        show=format_duration,
+        parse_canary,
+        (),
+        "before cutover: PERCENT%:DURATION[,...] steps of new connections to the new "
+        "generation, or DURATION (both share equally that long)",
+        "STEPS",
+        show=format_canary,
     )
     drain_signal = Option(
         signal_for("drain"),

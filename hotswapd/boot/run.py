@@ -41,7 +41,7 @@ def run(config: Config) -> int:
     prebound: sockets.Prebound | None = None
     try:
         adopted = adopt_inherited(environ)
-        listeners = adopted if adopted is not None else bind_all(config.listen)
+        listeners = adopted if adopted is not None else bind_all(config.listen, config.steering)
         check_templates(config.command, [listener.name for listener in listeners])
         credentials = resolve_user(config.user) if config.user else None
         prebound = sockets.check_all(config, environ)  # a bad one: exit 2 and no child

@@ -215,7 +215,8 @@ def _child(spec: ChildSpec, error_fd: int, parent_pid: int) -> None:
         if spec.no_new_privs:
             prctl.set_no_new_privs(True)
         env = dict(spec.env)
-        env["LISTEN_PID"] = str(os.getpid())  # the child's own pid: the whole point of fork
+        if "LISTEN_FDS" in env:  # no --listen: no socket-activation variables at all
+            env["LISTEN_PID"] = str(os.getpid())  # the child's own pid: the whole point of fork
         step = _STEP_EXEC
         sigbits.set_mask(set())  # SigBlk = 0 in the new program
         if exec_fd is not None:
