@@ -65,6 +65,7 @@ def test_a_stopped_candidate_is_resumed_to_act_on_its_stop_signal(hotswapd: Star
     assert is_stopped(candidate)
     finished = run.wait_event("swap_finished", timeout=20)
     assert finished["outcome"] == "rolled_back"
+    assert "is stopped (SIGSTOP, state T)" in finished["reason"]  # not "never answered"
     exited = run.wait_event("child_exited", pid=int(spawned["pid"]), timeout=5)
     assert exited["status"] == "exit 0"  # its own TERM handler, not the SIGKILL
     assert not run.events("stop_timeout_kill")

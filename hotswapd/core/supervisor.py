@@ -151,7 +151,7 @@ class Supervisor:
             generation=gen.number,
             pid=gen.pid,
             sender_pid=sender,
-            **{key.lower(): value for key, value in fields.items()},
+            fields=fields,  # a child's words are data under one key, never keyword arguments
         )
 
     # ---------------------------------------------------------------- the loop
@@ -457,6 +457,7 @@ class Supervisor:
             self.steering.cutover(candidate.number)
         else:
             self.processes.send(old.pid, self.config.drain_signal)  # first: nothing may delay it
+        sigs.pass_terminal(old.pid, candidate.pid)  # docker run -it: the new one in front
         prev, self.previous = self.previous, old
         if prev is not None and prev is not old:
             # Closing the last fd of a replaced binary frees it inside close(2), which takes

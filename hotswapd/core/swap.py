@@ -23,7 +23,7 @@ from hotswapd.core.events import Code, Outcome, SwapOutcome
 from hotswapd.core.generation import Generation
 from hotswapd.core.reaper import Reaper
 from hotswapd.core.steering import Steering
-from hotswapd.core.stop import stop_generation
+from hotswapd.core.stop import is_stopped, stop_generation
 from hotswapd.errors import SpawnError, describe_status
 from hotswapd.gates import elf, memory, probe
 
@@ -330,6 +330,8 @@ class SwapTransaction:
                     self.candidate.notify.wait_ready(), max(deadline - self._loop.time(), 0)
                 )
             except TimeoutError:
+                if is_stopped(self.candidate.pid):
+                    raise GateFailed(self._stopped_reason(), Code.NOTIFY) from None
                 raise GateFailed(
                     f"generation {self.candidate.number} sent no READY=1 within --health-timeout "
                     f"{config.health_timeout:g}s (--ready notify: the server must notify "
@@ -397,8 +399,17 @@ class SwapTransaction:
         self._probe_url = url
         return await probe.wait_healthy(fetch, deadline, believe)
 
+    def _stopped_reason(self) -> str:
+        assert self.candidate is not None
+        return (
+            f"generation {self.candidate.number} is stopped (SIGSTOP, state T): it cannot "
+            "answer until it gets SIGCONT (stopped by a debugger, or kill -STOP?)"
+        )
+
     def _health_failure(self, result: probe.ProbeResult) -> str:
         assert self.candidate is not None
+        if is_stopped(self.candidate.pid):
+            return self._stopped_reason()
         url = getattr(self, "_probe_url", "")
         if result.disbelieved:
             return result.disbelieved
