@@ -28,8 +28,12 @@ _PHASE_WORDS = {
     "ready": "ready (health check passed)",
     "settled": "settled",
     "memory_ok": "memory ok",
+    "probing": "probing (no live traffic yet)",
+    "canary_step": "canary step",
+    "canary_step_ok": "canary step ok",
     "canary_ok": "canary ok",
     "cutover": "cutover",
+    "handover": "handover (old queue empty)",
     "old_exited": "old generation exited",
     "gate_failed": "gate failed",
     "candidate_stopped": "candidate stopped",
@@ -111,6 +115,10 @@ def show_line(line: dict[str, Any]) -> None:
         return
     phase = line["phase"]
     what = _PHASE_WORDS.get(phase, phase)
+    if phase == "canary_step" and "step" in line:
+        weight = line.get("weight_percent")
+        share = f"{weight}% of new connections" if weight is not None else "both serve"
+        what = f"canary step {line['step']}/{line.get('steps', '?')}: {share}"
     where = f"generation {line['generation']} pid {line['pid']}" if "pid" in line else ""
     if phase in ("cutover", "old_exited"):
         where += f" (old: generation {line.get('old_generation')} pid {line.get('old_pid')})"
@@ -131,9 +139,10 @@ def finish(lines: list[dict[str, Any]], kind: str) -> int:
         )
         return EXIT_OK
     verb = "refused" if outcome["outcome"] == "refused" else "rolled back"
+    # Only when it really does: in shared mode a candidate can take the serving one down.
     serving = (
-        f"; generation {outcome['old_generation']} keeps serving"
-        if outcome.get("old_generation")
+        f"; generation {outcome['serving_generation']} keeps serving"
+        if outcome.get("serving_generation")
         else ""
     )
     print(f"hotswapd: {kind} {verb}: {outcome['reason']}{serving}", file=sys.stderr)
