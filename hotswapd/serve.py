@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hotswapd.boot.config import Config
     from hotswapd.boot.launch import Spawned
     from hotswapd.boot.listeners import Listener
+    from hotswapd.boot.sockets import Prebound
     from hotswapd.boot.spawn import Credentials
 
 
@@ -31,6 +32,7 @@ def serve(
     is_pid1: bool,
     adopted: bool,
     spawned_ms: float,
+    prebound: Prebound,
 ) -> int:
     import asyncio  # the heavy imports start here, after generation 1 is running
 
@@ -61,7 +63,9 @@ def serve(
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_main(config, listeners, first, environ, credentials, log))
+        return loop.run_until_complete(
+            _main(config, listeners, first, environ, credentials, log, prebound)
+        )
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
@@ -74,6 +78,7 @@ async def _main(
     environ: dict[str, str],
     credentials: Credentials | None,
     log: Any,
+    prebound: Prebound,
 ) -> int:
     import asyncio
 
@@ -84,7 +89,7 @@ async def _main(
     signals.install(loop, supervisor.on_signal, supervisor.reaper.reap)
     sources: list[Any] = []
     try:
-        sources = await _start_sources(config, supervisor, log, sources)
+        sources = await _start_sources(config, supervisor, log, sources, prebound)
     except HotswapdError as exc:
         # Generation 1 already runs: stop it the normal way rather than orphan it.
         from hotswapd.core.events import StopRequested
@@ -105,7 +110,7 @@ async def _main(
 
 
 async def _start_sources(
-    config: Config, supervisor: Any, log: Any, closers: list[Any]
+    config: Config, supervisor: Any, log: Any, closers: list[Any], prebound: Prebound
 ) -> list[Any]:
     """Start the optional event sources, adding each one's async close function to `closers`."""
     if config.watch:
@@ -130,9 +135,10 @@ async def _start_sources(
         closers.append(watcher.close)
     from hotswapd.control.server import start_control
 
-    closers.append(await start_control(config, supervisor, log))
+    # The sockets bound before the first fork are taken over, not bound again.
+    closers.append(await start_control(config, supervisor, log, bound=prebound.take_control()))
     if config.metrics:
         from hotswapd.control.metrics import start_metrics
 
-        closers.append(await start_metrics(config, supervisor, log))
+        closers.append(await start_metrics(config, supervisor, log, bound=prebound.take_metrics()))
     return closers

@@ -60,12 +60,20 @@ def run(config: Config) -> int:
         print(f"hotswapd: {exc}{program_hint(exc, config.command)}", file=sys.stderr, flush=True)
         return exc.exit_code
     spawned_ms = (time.monotonic() - started) * 1000
-    prebound.release()  # until the control server and metrics take these sockets over
     from hotswapd.serve import serve  # the one hand-off: heavy imports start after the spawn
 
     try:
         return serve(
-            config, listeners, first, environ, credentials, is_pid1, adopted is not None, spawned_ms
+            config,
+            listeners,
+            first,
+            environ,
+            credentials,
+            is_pid1,
+            adopted is not None,
+            spawned_ms,
+            prebound,
         )
     finally:
+        prebound.release()  # whatever the control server and metrics did not take
         close_all(listeners)

@@ -32,9 +32,9 @@ BACKLOG = 64
 class Prebound:
     """The control socket and metrics port, bound before the first fork and held across it.
 
-    Until control/server.py and control/metrics.py accept a bound socket, the run mode
-    calls `release()` after the spawn and they bind again; the point of binding here
-    is that a bad socket is found while nothing runs yet.
+    Binding them here finds a bad socket while nothing runs yet; after the spawn the
+    control server and the metrics endpoint take them over (`take_control`,
+    `take_metrics`), so nothing is bound twice. `release()` is for a start that failed.
     """
 
     __slots__ = ("control", "control_path", "made", "metrics")
@@ -44,6 +44,15 @@ class Prebound:
         self.control_path = ""
         self.made: list[str] = []  # directories created for the control socket, deepest first
         self.metrics: _socket.socket | None = None
+
+    def take_control(self) -> _socket.socket | None:
+        """Hand the bound control socket over (its path and directories go with it)."""
+        sock, self.control = self.control, None
+        return sock
+
+    def take_metrics(self) -> _socket.socket | None:
+        sock, self.metrics = self.metrics, None
+        return sock
 
     def release(self) -> None:
         """Close both and remove what binding created: the socket file, directories made."""
