@@ -397,3 +397,27 @@ def test_shadow_child_leaves_no_zombie_and_no_mount(tmp_path: Path) -> None:
         check=False,
     ).stdout.split()
     assert len(children) <= 1  # ps itself at most
+
+
+# ---------------------------------------------------------------------- steering
+
+
+@pytest.mark.parametrize("steering", ["auto", "off"])
+def test_doctor_and_the_run_mode_agree_on_each_listeners_steering(
+    steering: str, tmp_path: Path
+) -> None:
+    """doctor's `steering NAME` line is the mode the run mode logs for that listener."""
+    listen = ["--listen", "http=tcp://127.0.0.1:0", "--listen", f"u=unix://{tmp_path}/u.sock"]
+    options = [*listen, "--steering", steering, "--control-socket", "off"]
+    findings = {f.check: f.finding for f in doctor_findings([*options, "--", "/bin/true"],
+                                                            "steering")}  # fmt: skip
+    ran = subprocess.run(
+        [sys.executable, "-m", "hotswapd", *options, "--", "/bin/true"],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "HOTSWAPD_LOG_FORMAT": "json"},
+    )  # fmt: skip
+    logged = [json.loads(line) for line in ran.stderr.splitlines() if line.startswith("{")]
+    modes = {e["name"]: e["mode"] for e in logged if e["event"] == "listening"}
+    assert modes == {"http": "steered" if steering == "auto" else "shared", "u": "shared"}
+    for name, mode in modes.items():
+        assert findings[f"steering {name}"].startswith(f"{mode}: ")

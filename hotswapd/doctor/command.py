@@ -31,6 +31,7 @@ from collections.abc import Iterator
 
 from hotswapd.boot.config import Config, parse_run_args
 from hotswapd.boot.control_paths import default_choice, server_path, server_problem
+from hotswapd.boot.listeners import steering_modes
 from hotswapd.boot.spawn import resolve_program
 from hotswapd.boot.units import format_size, signal_name, signal_problem
 from hotswapd.doctor.findings import Finding, read_text, status_field
@@ -214,6 +215,18 @@ def check_listen(config: Config) -> Iterator[Finding]:
                     "ports below 1024 need root or CAP_NET_BIND_SERVICE; use an "
                     "address of this container",
                 )
+    # The run mode's own decision (boot/listeners.py): which listener is steered, and why.
+    for name, mode, why in steering_modes(config.listen, config.steering):
+        if mode == "steered":
+            yield Finding("ok", f"steering {name}", f"steered: {why}")
+        else:
+            yield Finding(
+                "warn" if config.steering != "off" and "unix" not in why else "ok",
+                f"steering {name}",
+                f"shared: {why}",
+                "generations share one socket: a candidate takes live connections before its "
+                "verdict, and its shutdown() reaches the others (see docs/swap.md)",
+            )
 
 
 def check_memory() -> Iterator[Finding]:
