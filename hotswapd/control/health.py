@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from hotswapd.boot.config import Config
+from hotswapd.core.view import SupervisorView
 from hotswapd.errors import describe_status
 
 FRESH_S = 1.0
@@ -30,7 +31,7 @@ _NOT_SERVING = ("starting", "stopping", "stopped")
 class HealthCheck:
     """Probes the active generation on demand; reads the supervisor, never changes it."""
 
-    def __init__(self, supervisor: Any, config: Config) -> None:
+    def __init__(self, supervisor: SupervisorView, config: Config) -> None:
         self.supervisor = supervisor
         self.config = config
         self._last: tuple[float, int, dict[str, Any]] | None = None  # (when, generation, verdict)
@@ -44,7 +45,7 @@ class HealthCheck:
         if sup.state.value in _NOT_SERVING:
             return {**base, "healthy": False, "reason": f"hotswapd is {sup.state.value}"}
         if not active.alive:
-            status = describe_status(active.status)
+            status = describe_status(active.status if active.status is not None else 0)
             return {
                 **base,
                 "healthy": False,

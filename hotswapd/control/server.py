@@ -52,6 +52,7 @@ from hotswapd.control.http import (
 )
 from hotswapd.control.status import build_status, hash_executables
 from hotswapd.core.events import SignalRequested
+from hotswapd.core.view import SupervisorView
 from hotswapd.errors import HotswapdError, UsageError
 from hotswapd.host.unixsock import socket_state
 
@@ -127,7 +128,7 @@ def wait_flag(body: dict[str, Any]) -> bool:
 class ControlServer:
     """The request handlers; each one reads status or posts one event."""
 
-    def __init__(self, supervisor: Any, log: Any, path: str, config: Config) -> None:
+    def __init__(self, supervisor: SupervisorView, log: Any, path: str, config: Config) -> None:
         self.supervisor = supervisor
         self.log = log
         self.path = path
@@ -237,7 +238,7 @@ def _phase(item: tuple[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 async def start_control(
-    config: Config, supervisor: Any, log: Any, bound: _socket.socket | None = None
+    config: Config, supervisor: SupervisorView, log: Any, bound: _socket.socket | None = None
 ) -> Callable[[], Awaitable[None]]:
     """Serve the control socket; returns the function that closes and removes it.
 
@@ -279,7 +280,7 @@ async def start_control(
 
 
 async def _serve_control(
-    config: Config, supervisor: Any, log: Any, path: str, sock: socket.socket
+    config: Config, supervisor: SupervisorView, log: Any, path: str, sock: socket.socket
 ) -> Callable[[], Awaitable[None]]:
     identity = os.stat(path)
     control = ControlServer(supervisor, log, path, config)
