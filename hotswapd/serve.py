@@ -42,8 +42,14 @@ def serve(
     log = logging_setup.get_logger()
     for listener in listeners:
         # Which mode each listener is in, and why, said once at start (docs/swap.md).
-        log.info("listening", name=listener.name, address=listener.address(), adopted=adopted,
-                 mode=listener.mode, why=listener.why)  # fmt: skip
+        log.info(
+            "listening",
+            name=listener.name,
+            address=listener.address(),
+            adopted=adopted,
+            mode=listener.mode,
+            why=listener.why,
+        )
     if is_pid1:
         log.info("init", role="pid1", note="reaping every orphan in this pid namespace")
     else:

@@ -35,12 +35,30 @@ if TYPE_CHECKING:
 class Spawned:
     """What a launch produced: the process and the resources hotswapd holds for it."""
 
-    __slots__ = ("number", "pid", "argv", "executable", "started_at", "started_mono", "probe",
-                 "notify", "exe_fd", "sockets")  # fmt: skip
+    __slots__ = (
+        "number",
+        "pid",
+        "argv",
+        "executable",
+        "started_at",
+        "started_mono",
+        "probe",
+        "notify",
+        "exe_fd",
+        "sockets",
+    )
 
-    def __init__(self, number: int, pid: int, argv: tuple[str, ...], executable: str,
-                 probe: _socket.socket | None, notify: NotifySocket | None,
-                 exe_fd: int | None, sockets: tuple[_socket.socket, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        number: int,
+        pid: int,
+        argv: tuple[str, ...],
+        executable: str,
+        probe: _socket.socket | None,
+        notify: NotifySocket | None,
+        exe_fd: int | None,
+        sockets: tuple[_socket.socket, ...] = (),
+    ) -> None:
         self.number = number
         self.pid = pid
         self.argv = argv
@@ -74,8 +92,9 @@ def check_templates(argv: Sequence[str], names: Sequence[str]) -> None:
     for arg in argv:
         for _, _, _, name in _templates(arg):
             if name not in known:
-                raise UsageError(f"'{arg}': no listener named '{name}' "
-                                 f"(known: {', '.join(sorted(known))})")  # fmt: skip
+                raise UsageError(
+                    f"'{arg}': no listener named '{name}' (known: {', '.join(sorted(known))})"
+                )
 
 
 def substitute(text: str, fds: Mapping[str, int], ports: Mapping[str, int]) -> str:
@@ -116,8 +135,9 @@ def launch(
         try:
             probe = make_probe_listener()
         except OSError as exc:
-            raise SpawnError(f"cannot create the probe listener: {exc.strerror}", EXIT_FAILURE,
-                             exc.errno or 0) from None  # fmt: skip
+            raise SpawnError(
+                f"cannot create the probe listener: {exc.strerror}", EXIT_FAILURE, exc.errno or 0
+            ) from None
     try:
         names = [listener.name for listener in listeners]
         passed = [sock.fileno() for sock in own]

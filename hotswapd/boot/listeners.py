@@ -51,11 +51,27 @@ class Listener:
     in steered mode core/steering.py makes one more per generation (`new_member`).
     """
 
-    __slots__ = ("name", "sock", "unix_path", "adopted", "mode", "why", "family", "sockname",
-                 "v6only")  # fmt: skip
+    __slots__ = (
+        "name",
+        "sock",
+        "unix_path",
+        "adopted",
+        "mode",
+        "why",
+        "family",
+        "sockname",
+        "v6only",
+    )
 
-    def __init__(self, name: str, sock: _socket.socket, unix_path: str | None = None,
-                 adopted: bool = False, mode: str = SHARED, why: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        sock: _socket.socket,
+        unix_path: str | None = None,
+        adopted: bool = False,
+        mode: str = SHARED,
+        why: str = "",
+    ) -> None:
         self.name = name
         self.sock = sock
         self.unix_path = unix_path  # unlinked by hotswapd at exit, never by a child
@@ -142,8 +158,9 @@ def adopt_inherited(environ: Mapping[str, str]) -> list[Listener] | None:
     return adopted
 
 
-def steering_modes(specs: Sequence[ListenSpec], steering: str = "auto",
-                   adopted: bool = False) -> list[tuple[str, str, str]]:  # fmt: skip
+def steering_modes(
+    specs: Sequence[ListenSpec], steering: str = "auto", adopted: bool = False
+) -> list[tuple[str, str, str]]:
     """(name, mode, why) per listener, as `bind_all` would decide: for `hotswapd doctor`.
 
     Asks the kernel the same question (a throwaway socket takes the program), binds
@@ -157,8 +174,9 @@ def steering_modes(specs: Sequence[ListenSpec], steering: str = "auto",
     out = []
     for spec in specs:
         if adopted:
-            out.append((spec.name, SHARED, "adopted from the parent: hotswapd did not create "
-                        "its group"))  # fmt: skip
+            out.append(
+                (spec.name, SHARED, "adopted from the parent: hotswapd did not create its group")
+            )
         elif spec.kind == "unix":
             out.append((spec.name, SHARED, "unix sockets cannot be steered"))
         elif steering == "off":
@@ -182,8 +200,10 @@ def bind_all(specs: Sequence[ListenSpec], steering: str = "auto") -> list[Listen
 
         refused = kernel_accepts()
         if refused is not None and steering == "on":
-            raise UsageError(f"--steering on: {refused} (use --steering auto or off to "
-                             "share one socket between generations)")  # fmt: skip
+            raise UsageError(
+                f"--steering on: {refused} (use --steering auto or off to "
+                "share one socket between generations)"
+            )
     bound: list[Listener] = []
     try:
         for spec in specs:
@@ -247,8 +267,10 @@ def _bind_tcp(spec: ListenSpec, reuseport: bool = False) -> Listener:
 
 def _bind_reason(exc: OSError, port: int) -> str:
     if exc.errno == errno.EADDRINUSE:
-        return (f"port {port} is already in use (another server or an old hotswapd holds it; "
-                "stop it or choose another port)")  # fmt: skip
+        return (
+            f"port {port} is already in use (another server or an old hotswapd holds it; "
+            "stop it or choose another port)"
+        )
     if exc.errno == errno.EACCES:
         return (
             f"permission denied for port {port} (ports below 1024 need root or "
@@ -264,16 +286,18 @@ def _bind_unix(spec: ListenSpec) -> Listener:
     path = spec.path
     directory = os.path.dirname(path) or "/"
     if not os.path.isdir(directory):
-        raise ListenError(f"{where}: directory {directory} does not exist "
-                          "(create it, or mount a volume there)")  # fmt: skip
+        raise ListenError(
+            f"{where}: directory {directory} does not exist (create it, or mount a volume there)"
+        )
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         st = None
     if st is not None:
         if not stat.S_ISSOCK(st.st_mode):
-            raise ListenError(f"{where}: {path} exists and is not a socket (remove it or "
-                              "choose another path)")  # fmt: skip
+            raise ListenError(
+                f"{where}: {path} exists and is not a socket (remove it or choose another path)"
+            )
         if socket_state(path) == "live":
             raise ListenError(f"{where}: a live server is already listening on {path}")
         os.unlink(path)  # stale socket left by a dead process
@@ -315,8 +339,9 @@ def relisten(sock: _socket.socket) -> bool:
     return True
 
 
-def needs_probe_listener(health: str | None, health_url: str | None,
-                         listeners: Sequence[Listener]) -> bool:  # fmt: skip
+def needs_probe_listener(
+    health: str | None, health_url: str | None, listeners: Sequence[Listener]
+) -> bool:
     """Only a shared `--health PATH` needs one: steered, probes use the public address.
 
     With no --listen at all the child gets no socket and no LISTEN_* variable, as

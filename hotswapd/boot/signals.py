@@ -23,9 +23,16 @@ if TYPE_CHECKING:
 
 # Raised by the kernel for the process's own faults (or uncatchable): never forwarded.
 _NOT_HANDLED = {
-    sigbits.SIGKILL, sigbits.SIGSTOP, sigbits.SIGSEGV, sigbits.SIGBUS, sigbits.SIGFPE,
-    sigbits.SIGILL, sigbits.SIGTRAP, sigbits.SIGSYS, sigbits.SIGCHLD,
-}  # fmt: skip
+    sigbits.SIGKILL,
+    sigbits.SIGSTOP,
+    sigbits.SIGSEGV,
+    sigbits.SIGBUS,
+    sigbits.SIGFPE,
+    sigbits.SIGILL,
+    sigbits.SIGTRAP,
+    sigbits.SIGSYS,
+    sigbits.SIGCHLD,
+}
 
 HANDLED: frozenset[int] = frozenset(
     sig for sig in sigbits.valid_signals() if sig not in _NOT_HANDLED

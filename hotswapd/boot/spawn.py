@@ -81,14 +81,17 @@ def resolve_program(name: str, environ: Mapping[str, str]) -> str:
 
 def _check_path(path: str, shown: str) -> str:
     if not os.path.exists(path):
-        raise SpawnError(f"cannot run '{shown}': No such file or directory", EXIT_NOT_FOUND,
-                         errno.ENOENT)  # fmt: skip
+        raise SpawnError(
+            f"cannot run '{shown}': No such file or directory", EXIT_NOT_FOUND, errno.ENOENT
+        )
     if os.path.isdir(path):
-        raise SpawnError(f"cannot run '{shown}': is a directory", EXIT_NOT_EXECUTABLE,
-                         errno.EISDIR)  # fmt: skip
+        raise SpawnError(f"cannot run '{shown}': is a directory", EXIT_NOT_EXECUTABLE, errno.EISDIR)
     if not os.access(path, os.X_OK):
-        raise SpawnError(f"cannot run '{shown}': Permission denied (is it executable? chmod +x)",
-                         EXIT_NOT_EXECUTABLE, errno.EACCES)  # fmt: skip
+        raise SpawnError(
+            f"cannot run '{shown}': Permission denied (is it executable? chmod +x)",
+            EXIT_NOT_EXECUTABLE,
+            errno.EACCES,
+        )
     return path
 
 
@@ -173,8 +176,11 @@ def spawn(spec: ChildSpec) -> int:
             errno.ETXTBSY: " (a writer still has the file open; wait for the copy to finish)",
         }.get(err, "")
         raise SpawnError(f"cannot run '{spec.argv[0]}': {reason}{hint}", code, err)
-    raise SpawnError(f"cannot start '{spec.argv[0]}': {_STEP_NAMES.get(step, 'setup')} "
-                     f"failed: {reason}", EXIT_FAILURE, err)  # fmt: skip
+    raise SpawnError(
+        f"cannot start '{spec.argv[0]}': {_STEP_NAMES.get(step, 'setup')} failed: {reason}",
+        EXIT_FAILURE,
+        err,
+    )
 
 
 def _resource_error(spec: ChildSpec, step: str, exc: OSError) -> SpawnError:

@@ -51,16 +51,20 @@ def parse_canary(value: object) -> CanarySteps:
         if not colon:
             raise BadValue(f"step '{part.strip()}' has no duration: {CANARY_ACCEPTS}")
         if not percent_text.endswith("%") or not percent_text[:-1].strip().isdigit():
-            raise BadValue(f"step '{part.strip()}': '{percent_text}' is not PERCENT% "
-                           f"({CANARY_ACCEPTS})")  # fmt: skip
+            raise BadValue(
+                f"step '{part.strip()}': '{percent_text}' is not PERCENT% ({CANARY_ACCEPTS})"
+            )
         percent = int(percent_text[:-1])
         if not 1 <= percent <= 99:
-            raise BadValue(f"step '{part.strip()}': {percent}% is not in 1..99 (100% is the "
-                           f"cutover itself; {CANARY_ACCEPTS})")  # fmt: skip
+            raise BadValue(
+                f"step '{part.strip()}': {percent}% is not in 1..99 (100% is the "
+                f"cutover itself; {CANARY_ACCEPTS})"
+            )
         seconds = _duration(duration_text, part.strip())
         if seconds <= 0:
-            raise BadValue(f"step '{part.strip()}': a step must last longer than 0 "
-                           f"({CANARY_ACCEPTS})")  # fmt: skip
+            raise BadValue(
+                f"step '{part.strip()}': a step must last longer than 0 ({CANARY_ACCEPTS})"
+            )
         steps.append((percent, seconds))
     return tuple(steps)
 

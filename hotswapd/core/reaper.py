@@ -62,8 +62,12 @@ class Reaper:
             future = self._waiters.pop(pid, None)
             if future is None:
                 self.orphans_reaped += 1
-                self._log.debug("orphan_reaped", pid=pid, status=describe_status(status),
-                                oom_kill=oom is not None)  # fmt: skip
+                self._log.debug(
+                    "orphan_reaped",
+                    pid=pid,
+                    status=describe_status(status),
+                    oom_kill=oom is not None,
+                )
                 continue
             if oom is not None:
                 self.oom_killed.add(pid)

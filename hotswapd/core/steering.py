@@ -280,8 +280,12 @@ class Steering:
             try:
                 plans = lane.group.plan_leave(sock, active, candidate, match, self.percent)
             except UnsafeLeave as exc:
-                self.log.warning("steering_leave_deferred", listener=lane.listener.name,
-                                 generation=number, reason=str(exc))  # fmt: skip
+                self.log.warning(
+                    "steering_leave_deferred",
+                    listener=lane.listener.name,
+                    generation=number,
+                    reason=str(exc),
+                )
                 return False
             if len(lane.group) > 1:
                 self._attach(lane, plans.bridge)
@@ -305,10 +309,17 @@ class Steering:
             return
         if left:
             migrate = observe.queue_migration()
-            self.log.warning("steering_queue_left", listener=lane.listener.name,
-                             generation=number, queued=left, migrated=migrate,
-                             fix=None if migrate else "sysctl net.ipv4.tcp_migrate_req=1 "
-                             "(per network namespace) makes the kernel hand them on")  # fmt: skip
+            self.log.warning(
+                "steering_queue_left",
+                listener=lane.listener.name,
+                generation=number,
+                queued=left,
+                migrated=migrate,
+                fix=None
+                if migrate
+                else "sysctl net.ipv4.tcp_migrate_req=1 "
+                "(per network namespace) makes the kernel hand them on",
+            )
 
     def restore(self, number: int) -> list[str]:
         """listen() again on generation `number`'s sockets that a child shut down (restart)."""
@@ -361,33 +372,39 @@ class Steering:
             members = []
             for number, sock in sorted(lane.sockets.items()):
                 inside = sock in lane.group
-                members.append({
-                    "generation": number,
-                    "inode": observe.socket_inode(sock),
-                    "slot": lane.group.index_of(sock) if inside else None,
-                    "listening": inside and observe.is_listening(sock),
-                    "queued": self.queued(number) if inside else 0,
-                })  # fmt: skip
-            out.append({
-                "name": lane.listener.name,
-                "address": lane.listener.address(),
-                "mode": "steered",
-                "why": lane.listener.why,
-                "phase": self.phase,
-                "active_generation": self.active,
-                "candidate_generation": self.candidate,
-                "candidate_percent": self.percent if self.candidate is not None else 0,
-                "members": members,
-                "foreign_inodes": sorted(lane.foreign),
-            })  # fmt: skip
+                members.append(
+                    {
+                        "generation": number,
+                        "inode": observe.socket_inode(sock),
+                        "slot": lane.group.index_of(sock) if inside else None,
+                        "listening": inside and observe.is_listening(sock),
+                        "queued": self.queued(number) if inside else 0,
+                    }
+                )
+            out.append(
+                {
+                    "name": lane.listener.name,
+                    "address": lane.listener.address(),
+                    "mode": "steered",
+                    "why": lane.listener.why,
+                    "phase": self.phase,
+                    "active_generation": self.active,
+                    "candidate_generation": self.candidate,
+                    "candidate_percent": self.percent if self.candidate is not None else 0,
+                    "members": members,
+                    "foreign_inodes": sorted(lane.foreign),
+                }
+            )
         for listener in self.shared:
-            out.append({
-                "name": listener.name,
-                "address": listener.address(),
-                "mode": "shared",
-                "why": listener.why,
-                "phase": "shared",
-            })  # fmt: skip
+            out.append(
+                {
+                    "name": listener.name,
+                    "address": listener.address(),
+                    "mode": "shared",
+                    "why": listener.why,
+                    "phase": "shared",
+                }
+            )
         return out
 
     def relisten_shared(self) -> list[str]:

@@ -75,8 +75,14 @@ async def stop_generation(
     deadline = loop.time() + grace
     if gen.alive:
         if not already_signalled:
-            log.info("stop_signal_sent", generation=gen.number, pid=gen.pid,
-                     signal=signame(sig), why=why, timeout_s=grace)  # fmt: skip
+            log.info(
+                "stop_signal_sent",
+                generation=gen.number,
+                pid=gen.pid,
+                signal=signame(sig),
+                why=why,
+                timeout_s=grace,
+            )
             send(gen.pid, sig)
         # Also when the caller sent the signal (the drain at cutover): this is the first
         # moment the stop is ours, and a stopped generation must get to act on it.

@@ -28,8 +28,9 @@ class Response:
 
     __slots__ = ("status", "reason", "headers", "body", "truncated")
 
-    def __init__(self, status: int, reason: str, headers: dict[str, str], body: bytes,
-                 truncated: bool) -> None:  # fmt: skip
+    def __init__(
+        self, status: int, reason: str, headers: dict[str, str], body: bytes, truncated: bool
+    ) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers
@@ -63,8 +64,10 @@ class Connection:
         if not self.reusable:
             raise ProtocolError("the connection was closed after the previous answer")
         reader, writer = await self._streams()
-        request = (f"GET {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
-                   "User-Agent: hotswapd-probe\r\nAccept: */*\r\n\r\n")  # fmt: skip
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
+            "User-Agent: hotswapd-probe\r\nAccept: */*\r\n\r\n"
+        )
         writer.write(request.encode("latin-1"))
         await writer.drain()
         self.reusable = False  # until the answer has been read to its end

@@ -63,11 +63,29 @@ _CREDS = struct.calcsize("3i")
 _TREE_DEPTH = 64  # how far up the process tree a sender is followed
 
 # The variables sd_notify(3) defines; anything else a service wants to say is X_….
-KNOWN_FIELDS = frozenset({
-    "READY", "RELOADING", "STOPPING", "STATUS", "ERRNO", "BUSERROR", "VARLINKERROR",
-    "EXIT_STATUS", "MAINPID", "MONOTONIC_USEC", "NOTIFYACCESS", "WATCHDOG", "WATCHDOG_USEC",
-    "EXTEND_TIMEOUT_USEC", "FDSTORE", "FDSTOREREMOVE", "FDNAME", "FDPOLL", "BARRIER",
-})  # fmt: skip
+KNOWN_FIELDS = frozenset(
+    {
+        "READY",
+        "RELOADING",
+        "STOPPING",
+        "STATUS",
+        "ERRNO",
+        "BUSERROR",
+        "VARLINKERROR",
+        "EXIT_STATUS",
+        "MAINPID",
+        "MONOTONIC_USEC",
+        "NOTIFYACCESS",
+        "WATCHDOG",
+        "WATCHDOG_USEC",
+        "EXTEND_TIMEOUT_USEC",
+        "FDSTORE",
+        "FDSTOREREMOVE",
+        "FDNAME",
+        "FDPOLL",
+        "BARRIER",
+    }
+)
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
@@ -105,8 +123,11 @@ class NotifySocket:
             self._sock.bind("")
         except OSError as exc:
             self._sock.close()
-            raise SpawnError(f"--ready notify: cannot create the notify socket: {exc.strerror}",
-                             EXIT_FAILURE, exc.errno or 0) from None  # fmt: skip
+            raise SpawnError(
+                f"--ready notify: cannot create the notify socket: {exc.strerror}",
+                EXIT_FAILURE,
+                exc.errno or 0,
+            ) from None
         name = self._sock.getsockname()
         raw = name if isinstance(name, bytes) else str(name).encode()
         self.address = "@" + raw.lstrip(b"\0").decode()
@@ -221,8 +242,10 @@ class NotifySocket:
             return f"sender uid {uid} is not the generation's ({leader_uids[0]}) nor root"
         stat = _stat(sender)
         if stat is None or stat[0] in ("Z", "X"):
-            return (f"sender pid {sender} exited before its message was read (notify from "
-                    "the server's own process, or systemd-notify without --no-block)")  # fmt: skip
+            return (
+                f"sender pid {sender} exited before its message was read (notify from "
+                "the server's own process, or systemd-notify without --no-block)"
+            )
         if sender == leader or stat[2] == leader or _descends(stat[1], leader):
             return None
         return f"sender pid {sender} is not in generation {self.generation}'s process group or tree"

@@ -103,13 +103,15 @@ async def attempt(connect: Connector, path: str, within: float) -> int:
             connection.close()
     if response.redirect:
         where = response.headers.get("location", "no Location")[:200]
-        raise Redirected(f"answered HTTP {response.status} redirect to {where} "
-                         "(redirects are never followed)")  # fmt: skip
+        raise Redirected(
+            f"answered HTTP {response.status} redirect to {where} (redirects are never followed)"
+        )
     return response.status
 
 
-async def wait_healthy(fetch: Fetch, deadline: float,
-                       believe: Believe | None = None) -> ProbeResult:  # fmt: skip
+async def wait_healthy(
+    fetch: Fetch, deadline: float, believe: Believe | None = None
+) -> ProbeResult:
     """Retry quickly (5 ms, backing off to 200 ms) until a 2xx or the loop-time deadline.
 
     `believe()` runs after every answer: a reason means the answer cannot have come
@@ -174,8 +176,10 @@ async def check_once(session: Any, url: str, within: float) -> int:
         await response.content.read(MAX_BODY)
         if 300 <= response.status < 400:
             where = response.headers.get("Location", "no Location")[:200]
-            raise Redirected(f"answered HTTP {response.status} redirect to {where} "
-                             "(redirects are never followed)")  # fmt: skip
+            raise Redirected(
+                f"answered HTTP {response.status} redirect to {where} "
+                "(redirects are never followed)"
+            )
         return int(response.status)
 
 

@@ -69,8 +69,9 @@ class ProbeMatch:
 
     __slots__ = ("address4", "address6", "ports")
 
-    def __init__(self, address4: str | None = None, address6: str | None = None,
-                 ports: Sequence[int] = ()) -> None:  # fmt: skip
+    def __init__(
+        self, address4: str | None = None, address6: str | None = None, ports: Sequence[int] = ()
+    ) -> None:
         if address4 is not None and not _socket.inet_aton(address4).startswith(b"\x7f"):
             raise ValueError(f"probe address {address4} is not in 127.0.0.0/8")
         if address6 is not None:
@@ -87,7 +88,10 @@ class ProbeMatch:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ProbeMatch) and (self.address4, self.address6, self.ports) == (
-            other.address4, other.address6, other.ports)  # fmt: skip
+            other.address4,
+            other.address6,
+            other.ports,
+        )
 
     def __hash__(self) -> int:
         return hash((self.address4, self.address6, self.ports))
@@ -105,8 +109,13 @@ class Plan:
 
     __slots__ = ("active", "candidate", "probe", "candidate_percent")
 
-    def __init__(self, active: int, candidate: int | None = None, probe: ProbeMatch | None = None,
-                 candidate_percent: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        active: int,
+        candidate: int | None = None,
+        probe: ProbeMatch | None = None,
+        candidate_percent: int = 0,
+    ) -> None:
         for index in (active, candidate):
             if index is not None and not 0 <= index <= MAX_INDEX:
                 raise ValueError(f"group index {index} is not in 0..{MAX_INDEX}")
@@ -129,8 +138,10 @@ class Plan:
         return hash(self._key())
 
     def __repr__(self) -> str:
-        return (f"Plan(active={self.active}, candidate={self.candidate}, probe={self.probe!r}, "
-                f"candidate_percent={self.candidate_percent})")  # fmt: skip
+        return (
+            f"Plan(active={self.active}, candidate={self.candidate}, probe={self.probe!r}, "
+            f"candidate_percent={self.candidate_percent})"
+        )
 
     def indices(self) -> frozenset[int]:
         """The group indices this plan sends connections to."""

@@ -101,13 +101,24 @@ class Group:
         self._joined = [m for m in self._joined if m is not member]
         return index
 
-    def plan(self, active: object, candidate: object | None = None,
-             probe: ProbeMatch | None = None, percent: int = 0) -> Plan:  # fmt: skip
+    def plan(
+        self,
+        active: object,
+        candidate: object | None = None,
+        probe: ProbeMatch | None = None,
+        percent: int = 0,
+    ) -> Plan:
         """The program's plan for the current slots, from the members that get traffic."""
         return _plan(self._slots, active, candidate, probe, percent)
 
-    def plan_leave(self, leaving: object, active: object, candidate: object | None = None,
-                   probe: ProbeMatch | None = None, percent: int = 0) -> LeavePlan:  # fmt: skip
+    def plan_leave(
+        self,
+        leaving: object,
+        active: object,
+        candidate: object | None = None,
+        probe: ProbeMatch | None = None,
+        percent: int = 0,
+    ) -> LeavePlan:
         """The bridge and after-leave programs for `leaving` to go while the rest is served."""
         if leaving is active or leaving is candidate:
             raise ValueError(f"{leaving!r} cannot leave while connections are sent to it")
@@ -130,8 +141,13 @@ class Group:
         )
 
 
-def _plan(slots: list[object], active: object, candidate: object | None,
-          probe: ProbeMatch | None, percent: int) -> Plan:  # fmt: skip
+def _plan(
+    slots: list[object],
+    active: object,
+    candidate: object | None,
+    probe: ProbeMatch | None,
+    percent: int,
+) -> Plan:
     def index(member: object) -> int:
         for i, m in enumerate(slots):
             if m is member:

@@ -76,8 +76,9 @@ class Listening:
 
     __slots__ = ("inode", "family", "address", "port", "uid", "queued")
 
-    def __init__(self, inode: int, family: int, address: str, port: int, uid: int,
-                 queued: int) -> None:  # fmt: skip
+    def __init__(
+        self, inode: int, family: int, address: str, port: int, uid: int, queued: int
+    ) -> None:
         self.inode = inode
         self.family = family
         self.address = address
@@ -128,13 +129,22 @@ def listening(port: int, family: int | None = None) -> list[Listening]:
                 if int(hex_port, 16) != port:
                     continue
                 queued = int(fields[4].partition(":")[2], 16)
-                found.append(Listening(int(fields[9]), family_, _address(address, family_), port,
-                                       int(fields[7]), queued))  # fmt: skip
+                found.append(
+                    Listening(
+                        int(fields[9]),
+                        family_,
+                        _address(address, family_),
+                        port,
+                        int(fields[7]),
+                        queued,
+                    )
+                )
     return found
 
 
-def foreign_members(port: int, own_inodes: Collection[int],
-                    family: int | None = None) -> list[Listening]:  # fmt: skip
+def foreign_members(
+    port: int, own_inodes: Collection[int], family: int | None = None
+) -> list[Listening]:
     """Listening sockets on `port` that are not ours: they may sit in our group's slots.
 
     A same-uid SO_REUSEPORT socket on the same address joins our group (last), and one
