@@ -22,9 +22,8 @@ from typing import Any
 
 from hotswapd.boot.signals import reclaim_terminal
 from hotswapd.errors import describe_status
+from hotswapd.host.cgroup import oom_kills
 from hotswapd.log import get_logger
-
-CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 class Reaper:
@@ -118,48 +117,6 @@ class Reaper:
 
 def _killed(status: int) -> bool:
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-
-
-def oom_kills(proc_cgroup: str = "/proc/self/cgroup", root: str = CGROUP_ROOT) -> int | None:
-    """The OOM kills counted in this process's memory cgroup; None when it cannot be read.
-
-    Children run in hotswapd's cgroup, so its counter is theirs. The cgroup's own path
-    first, then the mount's root: inside a cgroup namespace the path /proc names may not
-    exist under /sys/fs/cgroup, and the root is then the container's own cgroup.
-    """
-    try:
-        with open(proc_cgroup) as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if controllers == "":
-            base, name = root, "memory.events"
-        elif "memory" in controllers.split(","):
-            base, name = os.path.join(root, "memory"), "memory.oom_control"
-        else:
-            continue
-        for directory in (os.path.join(base, path.lstrip("/")), base):
-            count = _counter(os.path.join(directory, name), "oom_kill")
-            if count is not None:
-                return count
-    return None
-
-
-def _counter(path: str, key: str) -> int | None:
-    try:
-        with open(path) as handle:
-            for line in handle:
-                name, _, value = line.partition(" ")
-                if name == key:
-                    return int(value)
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def group_alive(pgid: int) -> bool:

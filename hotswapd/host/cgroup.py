@@ -10,10 +10,15 @@ it. "max" (v2) and the huge v1 sentinel both mean unlimited.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 _UNLIMITED = 1 << 60  # v1 writes PAGE_COUNTER_MAX (about 2**63) for "no limit"
+_FILES = {
+    2: ("memory.max", "memory.current"),
+    1: ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,33 +34,63 @@ class Memory:
         return None if self.limit is None else self.limit - self.usage
 
 
-def memory(proc_cgroup: str = "/proc/self/cgroup", root: str = CGROUP_ROOT) -> Memory | None:
-    """The memory limit and usage of this process's cgroup; None when none can be read."""
+def _memory_dirs(proc_cgroup: str, root: str) -> Iterator[tuple[int, str]]:
+    """(cgroup version, directory) candidates of this process's memory cgroup, best first."""
     try:
         with open(proc_cgroup) as handle:
             lines = handle.read().splitlines()
     except OSError:
-        return None
+        return
     for line in lines:
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
         _, controllers, path = parts
         if controllers == "":
-            bases = [os.path.join(root, path.lstrip("/")), root]
-            names = ("memory.max", "memory.current")
+            base, version = root, 2
         elif "memory" in controllers.split(","):
-            v1 = os.path.join(root, "memory")
-            bases = [os.path.join(v1, path.lstrip("/")), v1]
-            names = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+            base, version = os.path.join(root, "memory"), 1
         else:
             continue
-        for base in bases:
-            usage = _read_bytes(os.path.join(base, names[1]))
-            if usage is not None:
-                limit = _read_bytes(os.path.join(base, names[0]))
-                unlimited = limit is None or limit >= _UNLIMITED
-                return Memory(None if unlimited else limit, usage)
+        yield version, os.path.join(base, path.lstrip("/"))
+        yield version, base
+
+
+def memory(proc_cgroup: str = "/proc/self/cgroup", root: str = CGROUP_ROOT) -> Memory | None:
+    """The memory limit and usage of this process's cgroup; None when none can be read."""
+    for version, directory in _memory_dirs(proc_cgroup, root):
+        limit_name, usage_name = _FILES[version]
+        usage = _read_bytes(os.path.join(directory, usage_name))
+        if usage is not None:
+            limit = _read_bytes(os.path.join(directory, limit_name))
+            unlimited = limit is None or limit >= _UNLIMITED
+            return Memory(None if unlimited else limit, usage)
+    return None
+
+
+def oom_kills(proc_cgroup: str = "/proc/self/cgroup", root: str = CGROUP_ROOT) -> int | None:
+    """The OOM kills counted in this process's memory cgroup; None when it cannot be read.
+
+    Children run in hotswapd's cgroup, so its counter is theirs: a SIGKILL is an OOM kill
+    only when this counter moved (the reaper's hint, made exact).
+    """
+    for version, directory in _memory_dirs(proc_cgroup, root):
+        name = "memory.events" if version == 2 else "memory.oom_control"
+        count = _counter(os.path.join(directory, name), "oom_kill")
+        if count is not None:
+            return count
+    return None
+
+
+def _counter(path: str, key: str) -> int | None:
+    try:
+        with open(path) as handle:
+            for line in handle:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        return None
     return None
 
 
