@@ -2,8 +2,9 @@
 
     python bench/bench_canary.py [--seconds 6] [--rate 800] [--interval 0.25] [--json PATH]
 
-The analysis is not wired into the swap yet, so the traffic split is done by the
-client: a load generator sends each request to the candidate with the canary's
+This measures the building blocks, not the swap: the traffic split is done by the
+client (the swap's own path, through hotswapd's selector, is not benchmarked here): a
+load generator sends each request to the candidate with the canary's
 weight (1%, 5%, 25%) and to the serving generation otherwise, over keep-alive
 connections on loopback. The candidate is tests/servers/flaky built with 5% errors,
 the serving one with none. Every --interval both are scraped and the error-ratio rule

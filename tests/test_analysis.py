@@ -24,8 +24,8 @@ from typing import NamedTuple
 import pytest
 
 from hotswapd.boot.units import BadValue
-from hotswapd.boot.values import DEFAULT_MEMORY_GROWTH
-from hotswapd.core.probation import Liveness, LivenessRule, Probation
+from hotswapd.boot.values import DEFAULT_MEMORY_GROWTH, LivenessRule
+from hotswapd.core.probation import Liveness, Probation
 from hotswapd.gates import analysis, scrape
 from hotswapd.gates.analysis import Measure, Rule, parse_rule, series_key
 from hotswapd.gates.memory import tree_rss

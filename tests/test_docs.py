@@ -70,7 +70,7 @@ REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md"] + [
     REPO / "docs" / f"{name}.md"
     for name in ("quickstart", "go-integration", "servers", "swap", "watching", "containers",
-                 "operations", "troubleshooting", "design")
+                 "operations", "troubleshooting", "design", "canary")
 ]  # fmt: skip
 PAGE_IDS = [page.relative_to(REPO).as_posix() for page in PAGES]
 LOGGED = logged_events(package_trees())  # event names the package's syntax tree logs

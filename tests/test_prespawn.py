@@ -27,6 +27,7 @@ ALLOWED_MODULES = {
     "hotswapd.errors",
     "hotswapd.gates",
     "hotswapd.gates.notify",
+    "hotswapd.gates.analysis",  # --analysis is parsed with the other options
 }
 # Standard-library and C modules the boot path needs, beyond what the interpreter loads.
 ALLOWED_STDLIB = {

@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hotswapd.boot.units import BadValue
-from hotswapd.boot.values import MemoryGrowth
-from hotswapd.core.probation import (
-    Liveness,
-    LivenessRule,
-    Probation,
-    parse_liveness,
-    parse_probation,
-)
+from hotswapd.boot.values import LivenessRule, MemoryGrowth, parse_liveness
+from hotswapd.core.probation import Liveness, Probation, parse_probation
 from hotswapd.gates import analysis
 
 MIB = 1 << 20

@@ -35,12 +35,14 @@ from hotswapd.boot.units import (
 from hotswapd.boot.values import (
     DEFAULT_MEMORY_GROWTH,
     ListenSpec,
+    LivenessRule,
     MemoryGrowth,
     WatchSpec,
     choice,
     health_path,
     host_port,
     parse_listen,
+    parse_liveness,
     parse_memory_growth,
     parse_user,
     parse_watch,
@@ -50,6 +52,14 @@ from hotswapd.boot.values import (
     health_url as parse_health_url,
 )
 from hotswapd.errors import UsageError
+from hotswapd.gates.analysis import (
+    DEFAULT_METRICS_PATH,
+    DEFAULT_MIN_REQUESTS,
+    Rule,
+    parse_metrics_path,
+    parse_min_requests,
+    parse_rule,
+)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~10 ms (mypy: always_true)
 if TYPE_CHECKING:
@@ -275,6 +285,38 @@ class Config:
         "wait this long for the old generation to exit before SIGKILL",
         "DURATION",
         show=format_duration,
+    )
+    analysis: Option[tuple[Rule, ...]] = repeated(
+        parse_rule,
+        "canary analysis rule, judged at every canary step against the serving generation: "
+        "NAME=sum(SELECTOR)/sum(SELECTOR) <= LIMIT [or <= FACTORx] or "
+        "NAME=histogram_quantile(Q, SELECTOR) <= LIMIT [or <= FACTORx]",
+        "RULE",
+    )
+    analysis_min_requests = Option(
+        parse_min_requests,
+        DEFAULT_MIN_REQUESTS,
+        "fewer requests to the candidate in a window is too little traffic to judge it",
+        "N",
+    )
+    metrics_path = Option(
+        parse_metrics_path,
+        DEFAULT_METRICS_PATH,
+        "where each generation serves its Prometheus metrics, for --analysis",
+        "PATH",
+    )
+    probation = Option(
+        parse_duration,
+        0.0,
+        "after cutover, watch the new generation this long and swap back if it fails; 0: off",
+        "DURATION",
+        show=format_duration,
+    )
+    liveness: Option[LivenessRule | None] = Option(
+        parse_liveness,
+        None,
+        "probe the active generation every INTERVAL, replace it after FAILURES in a row",
+        "INTERVAL[,FAILURES]",
     )
     # watching
     watch = repeated(parse_watch, "swap (or signal) when this file changes", "PATH[=ACTION]")
@@ -528,6 +570,7 @@ def build_config(
         raise UsageError("no program given: hotswapd [OPTIONS] -- PROGRAM [ARGS...]")
     _check_listen_names(values.get("listen", ()))
     _apply_privilege_default(values)
+    _check_canary_options(values)
     return Config(argv_command, **values)
 
 
@@ -549,6 +592,20 @@ def _apply_privilege_default(values: dict[str, Any]) -> None:
             raise UsageError("--no-new-privs and --allow-new-privs contradict each other")
     elif values.get("user"):
         values["no_new_privs"] = True
+
+
+def _check_canary_options(values: Mapping[str, Any]) -> None:
+    """Options that need another to act: without it they would parse and do nothing."""
+    if values.get("liveness") and not (values.get("health") or values.get("health_url")):
+        raise UsageError(
+            "--liveness probes the active generation's health: give --health PATH "
+            "(or --health-url URL) too"
+        )
+    if values.get("analysis") and not values.get("canary"):
+        raise UsageError(
+            "--analysis judges the candidate during canary steps: give --canary too "
+            "(e.g. --canary 5%:10s,25%:10s)"
+        )
 
 
 def _check_listen_names(specs: Sequence[ListenSpec]) -> None:

@@ -13,9 +13,11 @@ import os
 
 from hotswapd.boot.units import (
     BadValue,
+    format_duration,
     format_size,
     is_finite,
     need_str,
+    parse_duration,
     parse_size,
     plain_number,
     signal_for,
@@ -343,3 +345,45 @@ def host_port(value: object) -> str:
     if not (host in ("", "localhost") or _ip_literal(host)):
         raise BadValue(f"'{host}' is not an IP address; {hint}")
     return address
+
+
+DEFAULT_LIVENESS_FAILURES = 3
+MAX_FAILURES = 100
+
+
+class LivenessRule(Record):
+    """`--liveness 5s,3`: probe every 5 s, replace after 3 consecutive failures."""
+
+    __slots__ = ("interval", "failures")
+    interval: float
+    failures: int
+
+    def __init__(self, interval: float, failures: int = DEFAULT_LIVENESS_FAILURES) -> None:
+        self._set(interval=interval, failures=failures)
+
+    def spec(self) -> str:
+        return f"{format_duration(self.interval)},{self.failures}"
+
+
+def parse_liveness(value: object) -> LivenessRule | None:
+    """`INTERVAL[,FAILURES]` (`5s`, `2s,5`) or `off`; None means off."""
+    hint = "use INTERVAL[,FAILURES] such as 5s or 2s,5 (FAILURES 1 to 100, default 3), or off"
+    raw = need_str(value, hint).strip().lower()
+    if raw in ("off", "none", "0", ""):
+        return None
+    interval_text, comma, failures_text = raw.partition(",")
+    try:
+        interval = parse_duration(interval_text)
+    except BadValue as exc:
+        raise BadValue(f"{exc}; {hint}") from None
+    if interval <= 0:
+        raise BadValue(hint)
+    failures = DEFAULT_LIVENESS_FAILURES
+    if comma:
+        failures_text = failures_text.strip()
+        if not failures_text.isdigit() or not failures_text.isascii():
+            raise BadValue(hint)
+        failures = int(failures_text)
+        if not 1 <= failures <= MAX_FAILURES:
+            raise BadValue(hint)
+    return LivenessRule(interval, failures)

@@ -105,6 +105,19 @@ def last_swap_status(supervisor: Any) -> dict[str, Any] | None:
     return report
 
 
+def probation_status(supervisor: Any) -> dict[str, Any] | None:
+    """The running --probation watch: which generation, seconds left; None when none."""
+    remaining = getattr(supervisor, "probation_remaining", None)
+    left = remaining() if callable(remaining) else None
+    if left is None:
+        return None
+    return {
+        "generation": supervisor.probation_generation,
+        "seconds": supervisor.config.probation,
+        "remaining_s": left,
+    }
+
+
 def build_status(
     supervisor: Any, control_socket: str | None = None, *, hash_missing: bool = True
 ) -> dict[str, Any]:
@@ -144,6 +157,7 @@ def build_status(
         "generations": generations,
         "last_swap": last_swap_status(supervisor),
         "watch": watch_status(supervisor),
+        "probation": probation_status(supervisor),
         "counters": asdict(supervisor.counters),
         "orphans_reaped": supervisor.reaper.orphans_reaped,
     }

@@ -40,6 +40,7 @@ class Code(enum.StrEnum):
     HEALTH = "health"  # the health probe did not pass
     MEMORY = "memory"  # grew past --max-memory-growth (or could not be measured)
     CANARY = "canary"  # a probe failed during a canary step
+    ANALYSIS = "analysis"  # an --analysis rule failed the candidate against the serving one
     SOCKET = "socket_shut_down"  # the candidate shut down its own listening socket
     EXITED = "exited"  # the candidate exited during a gate
     ABORTED = "aborted"  # hotswapd is stopping, or the active generation exited
@@ -68,6 +69,9 @@ class SwapOutcome:
     serving_generation: int | None = None
     canary_step: int | None = None  # the canary step reached (1-based), None: no canary
     canary_percent: int | None = None  # its weight; None in shared mode (no weights there)
+    # --analysis, per rule: the last judged window's values (the rule's unit, None: no
+    # value), and the step that judged them
+    analysis: dict[str, dict[str, Any]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
@@ -123,6 +127,24 @@ class StopRequested:
     reason: str
 
 
+@dataclass(frozen=True)
+class ProbationDecided:
+    """The probation watch of generation `generation` passed or failed (`reason`)."""
+
+    generation: int
+    outcome: str  # passed | failed
+    reason: str
+
+
+@dataclass(frozen=True)
+class LivenessProbed:
+    """One --liveness probe of the active generation `generation` (outside swaps)."""
+
+    generation: int
+    healthy: bool
+    detail: str
+
+
 Event = (
     SignalReceived
     | ChildExited
@@ -132,6 +154,8 @@ Event = (
     | RestartDue
     | StopFinished
     | StopRequested
+    | ProbationDecided
+    | LivenessProbed
 )
 
 
@@ -143,5 +167,7 @@ class Counters:
     swaps_coalesced: int = 0
     restarts: int = 0
     signals_forwarded: int = 0
+    probations: dict[str, int] = field(default_factory=dict)  # by outcome: passed | failed
+    liveness: dict[str, int] = field(default_factory=dict)  # "replacements": how many
     rollback_reasons: dict[str, int] = field(default_factory=dict)  # by Code value
     refusal_reasons: dict[str, int] = field(default_factory=dict)  # by Code value

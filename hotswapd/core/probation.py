@@ -14,13 +14,14 @@ in milliseconds and the supervisor stays the one place that acts (STYLE rules 3,
   gated swap) after FAILURES consecutive failed probes — instead of a hung server
   serving nothing until an orchestrator restarts the whole container.
 
-The option parsers are here with the rules they feed; they use boot/units only.
+The --liveness parser and its record live in boot/values.py (boot parses every option
+before the first fork and may not import core/).
 """
 
 from __future__ import annotations
 
-from hotswapd.boot.units import BadValue, format_duration, need_str, parse_duration
-from hotswapd.boot.values import MemoryGrowth, Record
+from hotswapd.boot.units import format_duration, parse_duration
+from hotswapd.boot.values import LivenessRule, MemoryGrowth, Record
 from hotswapd.gates import memory
 
 TYPE_CHECKING = False  # see boot/config.py
@@ -29,47 +30,7 @@ if TYPE_CHECKING:
 
     from hotswapd.gates.analysis import StepVerdict
 
-DEFAULT_LIVENESS_FAILURES = 3
 DEFAULT_PROBATION_PROBE_FAILURES = 3  # one lost probe is noise; three in a row is not
-MAX_FAILURES = 100
-
-
-class LivenessRule(Record):
-    """`--liveness 5s,3`: probe every 5 s, replace after 3 consecutive failures."""
-
-    __slots__ = ("interval", "failures")
-    interval: float
-    failures: int
-
-    def __init__(self, interval: float, failures: int = DEFAULT_LIVENESS_FAILURES) -> None:
-        self._set(interval=interval, failures=failures)
-
-    def spec(self) -> str:
-        return f"{format_duration(self.interval)},{self.failures}"
-
-
-def parse_liveness(value: object) -> LivenessRule | None:
-    """`INTERVAL[,FAILURES]` (`5s`, `2s,5`) or `off`; None means off."""
-    hint = "use INTERVAL[,FAILURES] such as 5s or 2s,5 (FAILURES 1 to 100, default 3), or off"
-    raw = need_str(value, hint).strip().lower()
-    if raw in ("off", "none", "0", ""):
-        return None
-    interval_text, comma, failures_text = raw.partition(",")
-    try:
-        interval = parse_duration(interval_text)
-    except BadValue as exc:
-        raise BadValue(f"{exc}; {hint}") from None
-    if interval <= 0:
-        raise BadValue(hint)
-    failures = DEFAULT_LIVENESS_FAILURES
-    if comma:
-        failures_text = failures_text.strip()
-        if not failures_text.isdigit() or not failures_text.isascii():
-            raise BadValue(hint)
-        failures = int(failures_text)
-        if not 1 <= failures <= MAX_FAILURES:
-            raise BadValue(hint)
-    return LivenessRule(interval, failures)
 
 
 def parse_probation(value: object) -> float:

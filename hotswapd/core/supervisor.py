@@ -25,7 +25,9 @@ from hotswapd.core.events import (
     Code,
     Counters,
     Event,
+    LivenessProbed,
     Outcome,
+    ProbationDecided,
     RestartDue,
     SignalReceived,
     SignalRequested,
@@ -36,6 +38,7 @@ from hotswapd.core.events import (
     SwapRequested,
 )
 from hotswapd.core.generation import Generation
+from hotswapd.core.probation import Liveness, Probation
 from hotswapd.core.processes import Processes
 from hotswapd.core.reaper import group_alive
 from hotswapd.core.restart import Backoff, is_transient
@@ -45,10 +48,15 @@ from hotswapd.core.stop import send as send_signal
 from hotswapd.core.stop import stop_generation
 from hotswapd.core.swap import SwapTransaction
 from hotswapd.errors import EXIT_FAILURE, SpawnError, describe_status, exit_status
+from hotswapd.gates import memory, probe
 from hotswapd.gates.notify import NotifySocket
 from hotswapd.host.hashing import file_sha256
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+PROBATION_LOOK_S = 0.25  # a health probe and an RSS sample of a generation on probation
+# Swaps that get no probation: the swap back itself (its failing would swap "back" to
+# the build that just failed).
+_NO_PROBATION = frozenset({"probation"})
 
 
 class Supervisor:
@@ -92,6 +100,15 @@ class Supervisor:
         self.watcher: Any = None  # set by run.py when --watch is given
         self.started_at = time.time()
         self.listeners_swap_hooks: list[Callable[[SwapOutcome], None]] = []
+        # --probation: the watch of the generation committed last, and its task
+        self.probation: Probation | None = None
+        self.probation_generation: int | None = None
+        self._probation_task: asyncio.Task[Any] | None = None
+        self.pending_rollback: SwapRequested | None = None  # a failed probation's swap back
+        self.rss_delta_at_commit: int | None = None  # golden signals, for /metrics
+        self.rss_delta_probation_end: int | None = None
+        # --liveness: consecutive failed probes of the active generation
+        self.liveness = Liveness(config.liveness) if config.liveness else None
         self._tasks: set[asyncio.Task[Any]] = set()
         first.state = GenState.ACTIVE
         if not first.sockets:
@@ -159,6 +176,8 @@ class Supervisor:
     async def run(self) -> int:
         self._transition(State.RUNNING)
         self.reaper.reap()  # anything that exited while signals were still blocked
+        if self.liveness is not None:
+            self._spawn_task(self._liveness_probes(self.liveness.rule.interval))
         while self.state is not State.STOPPED:
             event = await self.queue.get()
             try:
@@ -186,6 +205,10 @@ class Supervisor:
                 self.handle_stop_finished(event)
             case StopRequested():
                 self.handle_stop_requested(event)
+            case ProbationDecided():
+                self.handle_probation_decided(event)
+            case LivenessProbed():
+                self.handle_liveness_probed(event)
             case _:
                 assert_never(event)
 
@@ -259,6 +282,10 @@ class Supervisor:
         if gen is not self.active:
             self._forget(gen)
             return
+        if self.probation is not None and self.probation_generation == gen.number:
+            loop_now = asyncio.get_running_loop().time()
+            decision = self.probation.on_exit(loop_now, describe_status(event.status))
+            self._end_probation(gen.number, decision.outcome, decision.reason, swap_back=False)
         if self.state is State.STOPPING:
             return
         if self.config.on_exit == "restart":
@@ -316,6 +343,11 @@ class Supervisor:
             exec_fd, executable = prev.exe_fd, prev.executable
         self._transition(State.SWAPPING)
         self.swap_count += 1
+        if self.probation is not None:
+            # Its probes would reach the new candidate now; the new commit starts another.
+            self.log.info("probation_ended", generation=self.probation_generation,
+                          reason=f"a swap started ({event.source})")  # fmt: skip
+            self._cancel_probation()
         if self.session is None and (self.config.health_url or "").startswith("https:"):
             from hotswapd.gates.probe import new_session
 
@@ -388,9 +420,18 @@ class Supervisor:
             active_generation=self.active.number,
             active_pid=self.active.pid,
         )
+        if self.liveness is not None and (
+            outcome.outcome is Outcome.COMMITTED or outcome.trigger == "liveness"
+        ):
+            # A new generation is active, or the replacement failed: count afresh.
+            self.liveness.reset()
         if self.state is State.STOPPING:
             return
         self._transition(State.RUNNING)
+        if self.pending_rollback is not None and self.active.alive:
+            rollback, self.pending_rollback = self.pending_rollback, None
+            self.handle_swap_requested(rollback)
+            return
         if not self.active.alive and not self.restart_pending:
             # The active generation exited while the swap ran: apply --on-exit now.
             self.handle_child_exited(ChildExited(self.active.pid, self.active.status or 0))
@@ -458,6 +499,7 @@ class Supervisor:
         else:
             self.processes.send(old.pid, self.config.drain_signal)  # first: nothing may delay it
         sigs.pass_terminal(old.pid, candidate.pid)  # docker run -it: the new one in front
+        self._begin_probation(candidate)
         prev, self.previous = self.previous, old
         if prev is not None and prev is not old:
             # Closing the last fd of a replaced binary frees it inside close(2), which takes
@@ -651,6 +693,155 @@ class Supervisor:
             "stopped", exit_code=self.exit_code, orphans_reaped=self.reaper.orphans_reaped
         )
         self._transition(State.STOPPED)
+
+    # ---------------------------------------------------------------- probation
+
+    def _begin_probation(self, gen: Generation) -> None:
+        """Watch a just-committed generation for --probation; the old one's RSS is the
+        baseline (the memory gate's last figures, taken before the cutover)."""
+        self._cancel_probation()
+        outcome = self.swap.outcome if self.swap is not None else None
+        if outcome is None:
+            return
+        baseline = outcome.old_rss_bytes or 0
+        at_commit = outcome.new_rss_bytes or memory.tree_rss(gen.pid)
+        self.rss_delta_at_commit = at_commit - baseline if baseline else None
+        if self.config.probation <= 0 or outcome.trigger in _NO_PROBATION:
+            return  # the last probation's figure stays: it is what that one ended with
+        self.rss_delta_probation_end = None
+        self.probation = Probation(
+            self.config.probation,
+            asyncio.get_running_loop().time(),
+            baseline_rss=baseline,
+            rss_at_commit=at_commit,
+            rule=self.config.max_memory_growth,
+        )
+        self.probation_generation = gen.number
+        self.log.info("probation_started", generation=gen.number, pid=gen.pid,
+                      seconds=self.config.probation, baseline_rss_bytes=baseline)  # fmt: skip
+        self._probation_task = self._spawn_task(self._watch_probation(gen, self.probation))
+
+    def _cancel_probation(self) -> None:
+        if self._probation_task is not None:
+            self._probation_task.cancel()
+        self._probation_task = None
+        self.probation = None
+        self.probation_generation = None
+
+    def probation_remaining(self) -> float | None:
+        """Seconds of probation left for `ctl status`; None when none is running."""
+        if self.probation is None:
+            return None
+        return round(self.probation.remaining(asyncio.get_running_loop().time()), 3)
+
+    async def _watch_probation(self, gen: Generation, watch: Probation) -> None:
+        """Probe and measure `gen` until its probation is decided; report the decision."""
+        loop = asyncio.get_running_loop()
+        while True:
+            decision = watch.tick(loop.time())
+            if decision.outcome == "watching" and self._health_fetch(gen) is not None:
+                healthy, detail = await self._probe_once(gen)
+                decision = watch.on_probe(loop.time(), healthy, detail)
+            if decision.outcome == "watching" and gen.alive:
+                rss = memory.tree_rss(gen.pid)
+                if rss:
+                    decision = watch.on_memory(loop.time(), rss)
+            if decision.outcome != "watching":
+                break
+            await asyncio.sleep(min(PROBATION_LOOK_S, max(watch.ends_at - loop.time(), 0)))
+        self.post(ProbationDecided(gen.number, decision.outcome, decision.reason))
+
+    def handle_probation_decided(self, event: ProbationDecided) -> None:
+        if self.probation is None or self.probation_generation != event.generation:
+            return  # a later swap or an exit ended this probation first
+        self._end_probation(event.generation, event.outcome, event.reason, swap_back=True)
+
+    def _end_probation(self, number: int, outcome: str, reason: str, *, swap_back: bool) -> None:
+        """Count and log a decided probation; a failure swaps back to the previous build."""
+        watch = self.probation
+        assert watch is not None
+        self._cancel_probation()
+        self.rss_delta_probation_end = watch.rss_delta if watch.baseline_rss else None
+        self.counters.probations[outcome] = self.counters.probations.get(outcome, 0) + 1
+        fields = dict(generation=number, reason=reason, rss_delta_bytes=watch.rss_delta)
+        if outcome == "passed":
+            self.log.info("probation_passed", **fields)
+            return
+        self.log.error("probation_failed", **fields, swap_back=swap_back)
+        if not swap_back:
+            return  # it exited: --on-exit decides, a gated swap needs a serving generation
+        request = SwapRequested(source="probation", reason=reason, rollback=True)
+        if self.state is State.SWAPPING:
+            self.pending_rollback = request  # the commit's own drain is still running
+        else:
+            self.handle_swap_requested(request)
+
+    # ---------------------------------------------------------------- liveness
+
+    async def _liveness_probes(self, interval: float) -> None:
+        """Probe the active generation every `interval`, outside swaps; report each."""
+        while True:
+            await asyncio.sleep(interval)
+            gen = self.active
+            if self.state is not State.RUNNING or not gen.alive:
+                continue
+            healthy, detail = await self._probe_once(gen)
+            if self.state is State.RUNNING and gen is self.active:
+                self.post(LivenessProbed(gen.number, healthy, detail))
+
+    def handle_liveness_probed(self, event: LivenessProbed) -> None:
+        live = self.liveness
+        if live is None or event.generation != self.active.number:
+            return
+        if self.state is not State.RUNNING:
+            return  # a swap started since: it brings a new generation or resets the count
+        decision = live.on_probe(event.healthy, event.detail)
+        if decision.outcome == "failing":
+            self.log.warning("liveness_failing", generation=event.generation,
+                             failures=decision.failures, reason=decision.reason)  # fmt: skip
+        elif decision.outcome == "replace":
+            replaced = self.counters.liveness.get("replacements", 0)
+            self.counters.liveness["replacements"] = replaced + 1
+            self.log.error("liveness_replacing", generation=event.generation,
+                           pid=self.active.pid, reason=decision.reason)  # fmt: skip
+            self.handle_swap_requested(SwapRequested(source="liveness", reason=decision.reason))
+
+    # ---------------------------------------------------------------- probes outside swaps
+
+    def _health_fetch(self, gen: Generation) -> probe.Fetch | None:
+        """How to probe the active generation `gen` (no candidate: steered probes reach it)."""
+        config = self.config
+        if config.health_url:
+            scheme, host, port, path = probe.split_url(config.health_url)
+            if scheme == "https":
+                if self.session is None:
+                    self.session = probe.new_session()
+                return probe.url_fetcher(self.session, config.health_url)
+            return probe.fetcher(probe.plain_connector(host, port), path)
+        if not config.health:
+            return None
+        target = self.steering.probe_target()
+        if target is not None:
+            source = self.steering.probe_source()
+            return probe.fetcher(probe.steered_connector(source, *target), config.health)
+        private = gen.probe_port()
+        if private is None:
+            return None
+        return probe.fetcher(probe.plain_connector("127.0.0.1", private), config.health)
+
+    async def _probe_once(self, gen: Generation) -> tuple[bool, str]:
+        """One health probe of `gen`: healthy or not, and what was seen."""
+        fetch = self._health_fetch(gen)
+        if fetch is None:
+            return True, ""
+        within = min(self.config.health_timeout, probe.ATTEMPT_TIMEOUT_S)
+        try:
+            status = await fetch(within)
+        except TimeoutError:
+            return False, f"no answer within {within:g}s"
+        except Exception as exc:  # noqa: BLE001 - any failure to get an answer is the verdict
+            return False, str(exc) or type(exc).__name__
+        return 200 <= status < 300, f"answered HTTP {status}"
 
     # ---------------------------------------------------------------- public entry points
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -25,11 +26,14 @@ from hotswapd.core.reaper import Reaper
 from hotswapd.core.steering import Steering
 from hotswapd.core.stop import is_stopped, stop_generation
 from hotswapd.errors import SpawnError, describe_status
-from hotswapd.gates import elf, memory, probe
+from hotswapd.gates import analysis, elf, memory, probe, scrape
 
 ETXTBSY_RETRY_S = 5.0  # how long to wait for a writer to close a freshly built binary
 HANDOVER_GRACE_S = 0.02  # after a socket's queue is empty: handshakes still in flight
 CANARY_PROBE_EVERY_S = 0.25
+# How often both generations are scraped mid-step for a rule that already fails: a bad
+# candidate loses its weight about this long after its errors begin.
+ANALYSIS_EVERY_S = 0.5
 # Logged and timed, not yet streamed to `ctl reload --wait` (its transcript in the docs
 # is another page's; the lead adds them there): the selector's own phases.
 UNSTREAMED = frozenset({"handover"})
@@ -104,6 +108,9 @@ class SwapTransaction:
         self._on_phase = on_phase
         self._loop = asyncio.get_running_loop()
         self._mark = self._loop.time()
+        self._keep = frozenset().union(*(rule.metrics for rule in self.config.analysis))
+        # What the last window of the last step saw: probation judges against it.
+        self.last_scrapes: tuple[analysis.Snapshot, analysis.Snapshot | None] | None = None
 
     # ---------------------------------------------------------------- helpers
 
@@ -225,6 +232,13 @@ class SwapTransaction:
         refusal = memory.headroom_verdict(old_rss)
         if refusal:
             raise Refused(f"swap refused: {refusal}", Code.HEADROOM)
+        if config.analysis and not self.hooks.steering.enabled:
+            raise Refused(
+                "swap refused: --analysis reads each generation's own metrics through a "
+                "steered --listen socket, and no listener is steered (use tcp:// listeners "
+                "with --steering auto or on)",
+                Code.ANALYSIS,
+            )
         if self.exec_fd is None:
             # Resolved again at every swap: a new file at that path, or earlier in PATH.
             program = self.executable or self._resolve(config.command[0])
@@ -256,6 +270,11 @@ class SwapTransaction:
         # rule is measured again at the end of each canary step, under its share.
         self._memory("the memory gate", "memory_ok")
         steps = canary_steps(config.canary)
+        judged = (
+            analysis.StepAnalysis(config.analysis, config.analysis_min_requests)
+            if config.analysis
+            else None
+        )
         for number, (percent, seconds) in enumerate(steps, 1):
             self.outcome.canary_step = number
             self.outcome.canary_percent = percent if steering.enabled else None
@@ -263,7 +282,11 @@ class SwapTransaction:
                 steering.weigh(self.candidate.number, percent)
             self._phase("canary_step", step=number, steps=len(steps), seconds=seconds,
                         weight_percent=percent if steering.enabled else None)  # fmt: skip
-            await self._guard(self._canary(seconds), seconds + config.health_timeout, "the canary")
+            limit = seconds + config.health_timeout
+            if judged is not None:
+                limit += 4 * scrape.DEFAULT_TIMEOUT_S  # a scrape at each end, and one mid-way
+            step = (number, percent, number == len(steps))
+            await self._guard(self._canary(seconds, judged, step), limit, "the canary")
             self._memory(f"canary step {number}", None)
             self._phase("canary_step_ok", step=number, steps=len(steps))
         if steps:
@@ -440,11 +463,25 @@ class SwapTransaction:
             f"{self.config.health_timeout:g}s (last: {detail}, {result.attempts} attempts)"
         )
 
-    async def _canary(self, seconds: float) -> None:
-        """Keep probing the candidate while it takes its share; any failure rolls back."""
+    async def _canary(
+        self, seconds: float, judged: analysis.StepAnalysis | None, step: tuple[int, int, bool]
+    ) -> None:
+        """Keep probing the candidate while it takes its share; any failure rolls back.
+
+        With --analysis both generations are scraped at the step's start, every
+        ANALYSIS_EVERY_S for a rule that already fails, and at its end for the verdict.
+        """
         assert self.candidate is not None
         end = self._loop.time() + seconds
+        if judged is not None:
+            judged.begin(*await self._scrape_both(step))
+            next_look = self._loop.time() + ANALYSIS_EVERY_S
         while self._loop.time() < end:
+            if judged is not None and self._loop.time() >= next_look:
+                verdict = judged.fail_fast(*await self._scrape_both(step))
+                if verdict is not None:
+                    self._judged(verdict, step)
+                next_look = self._loop.time() + ANALYSIS_EVERY_S
             if self.hooks.steering.enabled:
                 doubt = self._believe()
                 if doubt:
@@ -454,6 +491,93 @@ class SwapTransaction:
                 if not result.healthy:
                     raise GateFailed(f"canary: {self._health_failure(result)}", Code.CANARY)
             await asyncio.sleep(min(CANARY_PROBE_EVERY_S, max(end - self._loop.time(), 0)))
+        if judged is not None:
+            scrapes = await self._scrape_both(step)
+            self._judged(judged.judge(*scrapes, final=step[2]), step)
+            self.last_scrapes = scrapes
+
+    def _judged(self, verdict: analysis.StepVerdict, step: tuple[int, int, bool]) -> None:
+        """Record a window's values (metrics, status); a failed rule rolls back."""
+        number, percent, _ = step
+        for each in verdict.verdicts:
+            self.outcome.analysis[each.rule.name] = {
+                "step": number,
+                "status": each.status,
+                "candidate": each.candidate.value,
+                "serving": each.serving.value,
+                "candidate_requests": each.candidate.requests,
+                "serving_requests": each.serving.requests,
+            }
+        self.hooks.log.info("swap_analysis", swap=self.outcome.swap_id, step=number,
+                            outcome=verdict.outcome, reason=verdict.reason)  # fmt: skip
+        if verdict.outcome == "fail":
+            where = f"canary step {number}" + (f" ({percent}%)" if percent else "")
+            raise GateFailed(f"{where}: {verdict.reason}", Code.ANALYSIS)
+
+    async def _scrape_both(
+        self, step: tuple[int, int, bool]
+    ) -> tuple[analysis.Snapshot, analysis.Snapshot | None]:
+        """Both generations' metrics; the candidate's must be readable, the serving one's
+        need not be (its trouble is no evidence against the candidate)."""
+        try:
+            candidate = await self._scrape(serving=False)
+        except scrape.ScrapeError as exc:
+            raise GateFailed(
+                f"canary step {step[0]}: the candidate's {self.config.metrics_path} could not "
+                f"be read: {exc}",
+                Code.ANALYSIS,
+            ) from None
+        try:
+            serving: analysis.Snapshot | None = await self._scrape(serving=True)
+        except scrape.ScrapeError as exc:
+            self.hooks.log.warning("swap_analysis_serving_unreadable", swap=self.outcome.swap_id,
+                                   step=step[0], error=str(exc))  # fmt: skip
+            serving = None
+        return candidate, serving
+
+    async def _scrape(self, *, serving: bool) -> analysis.Snapshot:
+        """One generation's metrics through the public address, steered to it."""
+        steering = self.hooks.steering
+        target = steering.probe_target()
+        assert target is not None
+        host, port = target
+        try:
+            if serving:
+                sock = await self._serving_connection(host, port)
+            else:  # from the probe source: the program sends it to the candidate
+                sock = await steering.probe_source().connect(self._loop, host, port)
+        except OSError as exc:
+            raise scrape.ScrapeError(f"the connection failed: {exc.strerror or exc}") from None
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return await scrape.scrape_socket(sock, self.config.metrics_path, shown, keep=self._keep)
+
+    async def _serving_connection(self, host: str, port: int) -> socket.socket:
+        """A connection that lands on the serving generation, whatever the step's share.
+
+        Probe connections always go to the candidate; any other connection goes to the
+        serving generation while the candidate's share is 0. So the share is 0 for the
+        time of one loopback handshake (the kernel picks the socket at the SYN), then
+        back: the live traffic loses a fraction of a millisecond of its canary share.
+        """
+        assert self.candidate is not None
+        steering = self.hooks.steering
+        number = self.candidate.number
+        percent = steering.percent if steering.candidate == number else 0
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        if percent:
+            steering.weigh(number, 0)
+        try:
+            await self._loop.sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            # Not after a rollback withdrew it (a cancelled scrape ends here late).
+            if percent and steering.candidate == number:
+                steering.weigh(number, percent)
+        return sock
 
     async def fail(self, reason: str) -> SwapOutcome:
         """End a swap that broke unexpectedly: roll back if nothing was committed yet."""
