@@ -330,6 +330,25 @@ def test_port_override_stays_healthy(run: Callable[..., Container]) -> None:
     app.wait_healthy()
 
 
+def test_metrics_serve_from_the_image(run: Callable[..., Container]) -> None:
+    """`--metrics` works in the frozen image: everything /metrics needs was bundled."""
+    argv = ("--listen", "http=tcp://0.0.0.0:8080", "--health", "/healthz",
+            "--metrics", "127.0.0.1:9100", "--", "/app/server")  # fmt: skip
+    app = run("--entrypoint", "hotswapd", args=argv)
+    app.wait_serving()
+    wait_until(lambda: _metrics_answer(app), 20, lambda: f"/metrics\n{app.logs()[-3000:]}")
+    status, _, body = app.get("/metrics", port=9100)
+    assert status == 200
+    assert b"hotswapd_active_generation" in body
+
+
+def _metrics_answer(app: Container) -> bool:
+    try:
+        return app.get("/metrics", port=9100)[0] == 200
+    except OSError:
+        return False
+
+
 def test_docker_stop_exits_0_within_10s(run: Callable[..., Container]) -> None:
     """`docker stop` ends the container within its 10 s grace, with exit status 0."""
     app = run()
