@@ -3,6 +3,7 @@ real sockets. Each generation's /metrics is read through the public address."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from hotswapd.errors import UsageError
 from tests.harness import Hotswapd
 from tests.helpers import REPO, go_binary, wait_until
 from tests.load import Load
+from tests.test_control import run_cli
 from tests.test_metrics import scrape
 from tests.test_steering import Fresh, get_pid
 
@@ -199,3 +201,30 @@ def test_the_canary_options_parse_into_the_config() -> None:
     assert config.probation == 30.0
     assert config.liveness is not None
     assert (config.liveness.interval, config.liveness.failures) == (2.0, 5)
+
+
+def test_ctl_status_shows_the_probation_time_left_until_it_passes(
+    hotswapd: Start, tmp_path: Path, flaky: Build
+) -> None:
+    """`ctl status --json` gives the probation's seconds left; a steady build passes it."""
+    sock = str(tmp_path / "control.sock")
+    run, program, _port = start(hotswapd, tmp_path, flaky("v1"), "--probation", "3s",
+                                "--control-socket", sock)  # fmt: skip
+    install(flaky("v1b"), program)
+    run.signal(signal.SIGUSR2)
+    run.wait_event("probation_started", generation=2)
+
+    def status() -> dict[str, Any]:
+        result = run_cli("ctl", "--control-socket", sock, "status", "--json")
+        assert result.returncode == 0, result.stderr
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    watching = status()["probation"]
+    assert watching["generation"] == 2
+    assert 0 < watching["remaining_s"] <= 3
+    assert run.wait_event("probation_passed", timeout=10)["generation"] == 2
+    after = status()
+    assert after["probation"] is None
+    assert after["counters"]["probations"] == {"passed": 1}
+    assert after["active"]["generation"] == 2
