@@ -228,3 +228,26 @@ def test_ctl_status_shows_the_probation_time_left_until_it_passes(
     assert after["probation"] is None
     assert after["counters"]["probations"] == {"passed": 1}
     assert after["active"]["generation"] == 2
+
+
+def test_probation_judges_the_analysis_rules_after_cutover(
+    hotswapd: Start, tmp_path: Path, flaky: Build
+) -> None:
+    """A 5%-errors build unjudged in its canary (no traffic) fails probation by the rule."""
+    run, program, port = start(hotswapd, tmp_path, flaky("v1"), "--canary", "20%:300ms",
+                               *ANALYSIS, "--probation", "10s")  # fmt: skip
+    install(flaky("v2", "-X main.errorPercent=5"), program)
+    run.signal(signal.SIGUSR2)
+    first = run.wait_event("swap_finished", timeout=30)
+    assert first["outcome"] == "committed", first  # too little traffic: passed, not judged
+    assert run.events("swap_analysis", step=1)[-1]["outcome"] == "pass"
+    with Load(port, connections=2):
+        failed = run.wait_event("probation_failed", timeout=15)
+        back = run.wait_event("swap_finished", count=2, timeout=30)
+    reason = str(failed["reason"])
+    assert reason.startswith("during probation, error-ratio: candidate "), reason
+    assert "over 0.1%" in reason
+    assert back["outcome"] == "committed", back
+    assert run.wait_event("swap_requested", source="probation")["swap"] == back["swap"]
+    assert get_pid(port) == str(back["active_pid"])
+    assert back["active_pid"] != first["active_pid"]

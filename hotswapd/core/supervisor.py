@@ -48,7 +48,7 @@ from hotswapd.core.stop import send as send_signal
 from hotswapd.core.stop import stop_generation
 from hotswapd.core.swap import SwapTransaction
 from hotswapd.errors import EXIT_FAILURE, SpawnError, describe_status, exit_status
-from hotswapd.gates import memory, probe
+from hotswapd.gates import analysis, memory, probe, scrape
 from hotswapd.gates.notify import NotifySocket
 from hotswapd.host.hashing import file_sha256
 
@@ -719,7 +719,16 @@ class Supervisor:
         self.probation_generation = gen.number
         self.log.info("probation_started", generation=gen.number, pid=gen.pid,
                       seconds=self.config.probation, baseline_rss_bytes=baseline)  # fmt: skip
-        self._probation_task = self._spawn_task(self._watch_probation(gen, self.probation))
+        window = self.swap.last_window if self.swap is not None else None
+        judged, serving_end = None, None
+        if self.config.analysis and window is not None and self.steering.enabled:
+            # From the candidate's last scrape on, against the serving generation's last
+            # window: there is no serving generation to compare with after cutover.
+            judged = analysis.StepAnalysis(self.config.analysis, self.config.analysis_min_requests)
+            candidate_end, serving_start, serving_end = window
+            judged.begin(candidate_end, serving_start)
+        watching = self._watch_probation(gen, self.probation, judged, serving_end)
+        self._probation_task = self._spawn_task(watching)
 
     def _cancel_probation(self) -> None:
         if self._probation_task is not None:
@@ -734,11 +743,22 @@ class Supervisor:
             return None
         return round(self.probation.remaining(asyncio.get_running_loop().time()), 3)
 
-    async def _watch_probation(self, gen: Generation, watch: Probation) -> None:
-        """Probe and measure `gen` until its probation is decided; report the decision."""
+    async def _watch_probation(
+        self,
+        gen: Generation,
+        watch: Probation,
+        judged: analysis.StepAnalysis | None = None,
+        serving: analysis.Snapshot | None = None,
+    ) -> None:
+        """Probe, measure and judge `gen` until its probation is decided; report it."""
         loop = asyncio.get_running_loop()
         while True:
             decision = watch.tick(loop.time())
+            if decision.outcome == "watching" and judged is not None:
+                metrics = await self._scrape_active()
+                verdict = judged.fail_fast(metrics, serving) if metrics is not None else None
+                if verdict is not None:
+                    decision = watch.on_analysis(loop.time(), verdict)
             if decision.outcome == "watching" and self._health_fetch(gen) is not None:
                 healthy, detail = await self._probe_once(gen)
                 decision = watch.on_probe(loop.time(), healthy, detail)
@@ -775,6 +795,23 @@ class Supervisor:
             self.pending_rollback = request  # the commit's own drain is still running
         else:
             self.handle_swap_requested(request)
+
+    async def _scrape_active(self) -> analysis.Snapshot | None:
+        """The active generation's metrics (no candidate: probe connections reach it)."""
+        target = self.steering.probe_target()
+        if target is None:
+            return None
+        host, port = target
+        keep = frozenset().union(*(rule.metrics for rule in self.config.analysis))
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            sock = await self.steering.probe_source().connect(
+                asyncio.get_running_loop(), host, port
+            )
+            return await scrape.scrape_socket(sock, self.config.metrics_path, shown, keep=keep)
+        except (OSError, scrape.ScrapeError) as exc:
+            self.log.warning("probation_scrape_failed", error=str(exc))
+            return None
 
     # ---------------------------------------------------------------- liveness
 

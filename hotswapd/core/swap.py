@@ -109,8 +109,12 @@ class SwapTransaction:
         self._loop = asyncio.get_running_loop()
         self._mark = self._loop.time()
         self._keep = frozenset().union(*(rule.metrics for rule in self.config.analysis))
-        # What the last window of the last step saw: probation judges against it.
-        self.last_scrapes: tuple[analysis.Snapshot, analysis.Snapshot | None] | None = None
+        # The last window's scrapes: (candidate at its end, serving at its start and end).
+        # Probation judges the committed generation from there against that window.
+        self.last_window: (
+            tuple[analysis.Snapshot, analysis.Snapshot | None, analysis.Snapshot | None] | None
+        ) = None
+        self._window_start: tuple[analysis.Snapshot, analysis.Snapshot | None] | None = None
 
     # ---------------------------------------------------------------- helpers
 
@@ -474,7 +478,10 @@ class SwapTransaction:
         assert self.candidate is not None
         end = self._loop.time() + seconds
         if judged is not None:
-            judged.begin(*await self._scrape_both(step))
+            start = await self._scrape_both(step)
+            if not judged.extending:  # an extended window keeps its start
+                self._window_start = start
+            judged.begin(*start)
             next_look = self._loop.time() + ANALYSIS_EVERY_S
         while self._loop.time() < end:
             if judged is not None and self._loop.time() >= next_look:
@@ -494,7 +501,8 @@ class SwapTransaction:
         if judged is not None:
             scrapes = await self._scrape_both(step)
             self._judged(judged.judge(*scrapes, final=step[2]), step)
-            self.last_scrapes = scrapes
+            assert self._window_start is not None
+            self.last_window = (scrapes[0], self._window_start[1], scrapes[1])
 
     def _judged(self, verdict: analysis.StepVerdict, step: tuple[int, int, bool]) -> None:
         """Record a window's values (metrics, status); a failed rule rolls back."""
