@@ -1,9 +1,12 @@
 """Benchmark canary analysis: how fast a bad candidate is caught, and what a scrape costs.
 
     python bench/bench_canary.py [--seconds 6] [--rate 800] [--interval 0.25] [--json PATH]
+    python bench/bench_canary.py --through-hotswapd [--seconds 6] [--rate 800] [--rounds 3]
 
-This measures the building blocks, not the swap: the traffic split is done by the
-client (the swap's own path, through hotswapd's selector, is not benchmarked here): a
+By default this measures the building blocks: the traffic split is done by the client
+(`--through-hotswapd` runs real swaps instead: hotswapd's selector gives the candidate
+its weight of fresh connections, its analysis scrapes every 0.5 s, and the figure is
+the time from the candidate's first 500 to the `swap_rolled_back` line): a
 load generator sends each request to the candidate with the canary's
 weight (1%, 5%, 25%) and to the serving generation otherwise, over keep-alive
 connections on loopback. The candidate is tests/servers/flaky built with 5% errors,
@@ -25,10 +28,13 @@ import asyncio
 import http.client
 import os
 import random
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -203,6 +209,121 @@ async def costs(port: int, rounds: int) -> dict[str, Any]:
     return {"scrape_flaky_ms": common.summarize(scrape_ms, 2), "parse_synthetic": parse}
 
 
+class FreshLoad:
+    """Paced `Connection: close` clients through hotswapd's port: the selector splits them."""
+
+    def __init__(self, port: int, rate: float) -> None:
+        self.port = port
+        self.interval = CLIENTS / rate
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.answers: list[tuple[float, str, int]] = []  # (wall clock, X-Pid, status)
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(CLIENTS)]
+
+    def run(self) -> None:
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                conn.request("GET", "/", headers={"Connection": "close"})
+                response = conn.getresponse()
+                response.read()
+                with self.lock:
+                    self.answers.append(
+                        (time.time(), response.getheader("X-Pid", ""), response.status)
+                    )
+            except (OSError, http.client.HTTPException):
+                with self.lock:
+                    self.answers.append((time.time(), "", 0))
+            finally:
+                conn.close()
+            next_at += self.interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                self.stop.wait(delay)  # paced: a fixed request rate per client
+
+
+def through_hotswapd(
+    serving_bin: Path, candidate_bin: Path, weight: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One real swap at `weight`%: from the candidate's first 500 (as the client saw it)
+    to the `swap_rolled_back` line, logged in the loop turn that sets its weight to 0."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-canary-"))
+    program = tmp / "server"
+    shutil.copy2(serving_bin, program)
+    port = common.free_port()
+    argv = [common.project_python(), "-m", "hotswapd", "--listen", f"http=tcp://127.0.0.1:{port}",
+            "--health", "/healthz", "--settle", "0", "--canary", f"{weight}%:{args.seconds:g}s",
+            "--analysis", RULE, "--", str(program)]  # fmt: skip
+    proc = common.Process(argv, env=common.python_env())
+    load = FreshLoad(port, args.rate)
+    try:
+        proc.wait_event("supervising")
+        staged = tmp / "server.new"
+        shutil.copy2(candidate_bin, staged)
+        os.replace(staged, program)
+        for thread in load.threads:
+            thread.start()
+        proc.signal(signal.SIGUSR2)
+        finished = proc.wait_event("swap_finished", timeout=args.seconds + 30)
+    finally:
+        load.stop.set()
+        for thread in load.threads:
+            thread.join(timeout=15)
+        proc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    candidate = str(proc.events("swap_spawned")[0]["pid"])
+    rolled = proc.events("swap_rolled_back")
+    result: dict[str, Any] = {"weight_percent": weight, "outcome": finished["outcome"],
+                              "reason": finished["reason"]}  # fmt: skip
+    with load.lock:
+        answers = list(load.answers)
+    errors = [at for at, pid, status in answers if pid == candidate and status >= 500]
+    result["failed_requests"] = sum(1 for _, _, status in answers if status == 0)
+    if rolled and errors:
+        withdrawn = common.parse_timestamp(rolled[0]["timestamp"])
+        first = min(errors)
+        result["first_error_to_weight_0_ms"] = round((withdrawn - first) * 1000, 1)
+        result["candidate_answers_meanwhile"] = sum(
+            1 for at, pid, _ in answers if pid == candidate and first < at <= withdrawn
+        )
+    return result
+
+
+def swap_main(args: argparse.Namespace) -> int:
+    """--through-hotswapd: the wired path, a real swap per run."""
+    serving_bin = build_flaky("v1", "0")
+    candidate_bin = build_flaky("v2", "5")
+    runs = {str(w): [through_hotswapd(serving_bin, candidate_bin, w, args)
+                     for _ in range(args.rounds)] for w in WEIGHTS}  # fmt: skip
+    rows = []
+    for label, results in runs.items():
+        caught = [r for r in results if "first_error_to_weight_0_ms" in r]
+        latency = [r["first_error_to_weight_0_ms"] for r in caught]
+        meanwhile = [r["candidate_answers_meanwhile"] for r in caught]
+        rows.append([
+            f"{label}%",
+            f"{len(caught)}/{len(results)}",
+            f"{statistics.median(latency):.0f}" if latency else "-",
+            f"{max(latency):.0f}" if latency else "-",
+            f"{statistics.median(meanwhile):.0f}" if meanwhile else "-",
+            sum(r["failed_requests"] for r in results),
+        ])  # fmt: skip
+    print(f"through hotswapd: candidate flaky 5% errors, serving 0%; {args.rate:g} fresh "
+          f"connections/s; rule {RULE}")  # fmt: skip
+    print(common.table(["weight", "rolled back", "1st error→weight 0 ms (median)", "max",
+                        "candidate answers meanwhile (median)", "failed requests"],
+                       rows))  # fmt: skip
+    common.write_json(args.json, {
+        "machine": common.machine(),
+        "settings": {"rate": args.rate, "seconds": args.seconds, "rounds": args.rounds,
+                     "rule": RULE, "split": "hotswapd"},
+        "runs": runs,
+    })  # fmt: skip
+    print(f"wrote {args.json}")
+    return 0
+
+
 def main() -> int:
     common.reexec_in_venv()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -211,10 +332,16 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.25, help="scrape interval (s)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per weight")
     parser.add_argument("--quick", action="store_true", help="one short round")
-    parser.add_argument("--json", type=Path, default=common.default_json("canary"))
+    parser.add_argument("--through-hotswapd", action="store_true",
+                        help="real swaps: hotswapd splits, its analysis judges")  # fmt: skip
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 1, 8.0  # 1%: the 20th candidate request is its first error
+    if args.through_hotswapd:
+        args.json = args.json or common.default_json("canary_swap")
+        return swap_main(args)
+    args.json = args.json or common.default_json("canary")
     serving_bin = build_flaky("v1", "0")
     candidate_bin = build_flaky("v2", "5")
     runs: dict[str, list[dict[str, Any]]] = {}
