@@ -190,7 +190,29 @@ def render_table(status: dict[str, Any]) -> str:
             f"{key} {value}" for key, value in entry.items() if key != "path" and value != ""
         )
         out.append(f"  {entry['path']}" + (f" ({details})" if details else ""))
+    for lane in status.get("listeners", []):
+        line = f"listener {lane['name']} {lane['address']}: {lane['mode']} ({lane['why']})"
+        if lane.get("candidate_generation") is not None:
+            line += (
+                f"; {lane.get('phase')}: generation {lane['candidate_generation']} gets "
+                f"{lane.get('candidate_percent', 0)}% of new connections"
+            )
+        out.append(line)
+    probation = status.get("probation")
+    if probation:
+        out.append(
+            f"probation: generation {probation['generation']}, "
+            f"{probation['remaining_s']:.1f}s of {probation['seconds']:g}s left"
+        )
+    for child in status.get("unowned_children", []):
+        out.append(f"unowned child: pid {child['pid']} {child['command']} (no live generation)")
     counters = {**status["counters"], "orphans_reaped": status["orphans_reaped"]}
+    for name, by_code in status["counters"].items():
+        if isinstance(by_code, dict) and by_code:
+            out.append(
+                f"{name.replace('_', ' ')}: "
+                + ", ".join(f"{code} {count}" for code, count in sorted(by_code.items()))
+            )
     out.append(
         "counters: "
         + ", ".join(

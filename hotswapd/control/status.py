@@ -158,6 +158,13 @@ def build_status(
         "last_swap": last_swap_status(supervisor),
         "watch": watch_status(supervisor),
         "probation": probation_status(supervisor),
+        # Which generation gets each new connection, per listener, and why (docs/swap.md).
+        "listeners": supervisor.steering.status(),
+        # PID-1 children of no live generation (a daemon a generation left behind).
+        "unowned_children": [
+            {"pid": pid, "command": command}
+            for pid, command in sorted(supervisor.refresh_unowned().items())
+        ],
         "counters": asdict(supervisor.counters),
         "orphans_reaped": supervisor.reaper.orphans_reaped,
     }
