@@ -163,7 +163,7 @@ def build_status(
         # PID-1 children of no live generation (a daemon a generation left behind).
         "unowned_children": [
             {"pid": pid, "command": command}
-            for pid, command in sorted(supervisor.refresh_unowned().items())
+            for pid, command in sorted(supervisor.unowned.items())
         ],
         "counters": asdict(supervisor.counters),
         "orphans_reaped": supervisor.reaper.orphans_reaped,
