@@ -542,3 +542,39 @@ def test_swap_refused_when_the_cgroup_cannot_hold_two_generations(
         assert not run.events("swap_spawned")  # nothing was started
     finally:
         run.kill_tree()
+
+
+def test_health_url_with_a_listener_port_template_probes_the_candidate(
+    hotswapd: Start, program: Path, go_server: Any
+) -> None:
+    """`--health-url http://127.0.0.1:{port:http}/healthz` reaches the candidate, not gen 1:
+    a build whose /healthz fails is rolled back, a good one commits."""
+    url = "http://127.0.0.1:{port:http}/healthz"
+    run = hotswapd(["--listen", "http=tcp://127.0.0.1:0", *FAST, "--health-url", url,
+                    "--health-timeout", "2s"], [str(program)])  # fmt: skip
+    port = run.port()
+    run.wait_stdout("ready pid=")
+    run.wait_event("supervising")
+    install(go_server("bad", "-X main.healthz=fail"), program)
+    outcome = swap(run, 1)
+    assert outcome["outcome"] == "rolled_back"
+    assert f"http://127.0.0.1:{port}/healthz" in outcome["reason"]
+    assert "answered HTTP 503" in outcome["reason"]
+    install(go_server("v2"), program)
+    assert swap(run, 2)["outcome"] == "committed"
+
+
+def test_health_url_naming_no_listener_is_one_line(tmp_path: Path) -> None:
+    """An unknown `{port:NAME}` in --health-url: one line naming the ports that exist, exit 2."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "hotswapd", "--listen", "http=tcp://127.0.0.1:0",
+         "--control-socket", "off", "--health-url", "http://127.0.0.1:{port:api}/healthz",
+         "--", "/bin/true"],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert ran.returncode == 2
+    assert ran.stderr.splitlines() == [
+        "hotswapd: --health-url http://127.0.0.1:{port:api}/healthz: no listener port named "
+        "'api' (known: {port:http})"
+    ]

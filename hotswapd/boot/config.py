@@ -365,6 +365,11 @@ class Config:
     def __setattr__(self, key: str, value: object) -> None:
         raise AttributeError("Config is immutable")
 
+    def replace(self, **values: Any) -> Config:
+        """A copy with some values changed (already parsed: used after binding, e.g. for
+        `{port:NAME}` in --health-url, which only the bound sockets can answer)."""
+        return Config(self.command, **{**self._values, **values})
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Config):
             return NotImplemented

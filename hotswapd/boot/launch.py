@@ -97,6 +97,21 @@ def check_templates(argv: Sequence[str], names: Sequence[str]) -> None:
                 )
 
 
+def resolve_health_url(url: str | None, listeners: Sequence[Listener]) -> str | None:
+    """`--health-url` with `{port:NAME}` filled in from the bound listeners (exit 2 on an
+    unknown name). The probe listener's port differs per generation, so it cannot be named."""
+    if url is None or "{" not in url:
+        return url
+    ports = {listener.name: listener.port() for listener in listeners}
+    for _, _, kind, name in _templates(url):
+        if kind != "port" or name not in ports:
+            known = ", ".join(f"{{port:{n}}}" for n in sorted(ports)) or "none (no --listen)"
+            raise UsageError(
+                f"--health-url {url}: no listener port named '{name}' (known: {known})"
+            )
+    return substitute(url, {}, ports)
+
+
 def substitute(text: str, fds: Mapping[str, int], ports: Mapping[str, int]) -> str:
     """Replace adapter templates, so servers that take `--fd N` work unmodified."""
     out = []

@@ -18,7 +18,7 @@ import time
 
 from hotswapd.boot import signals, sockets
 from hotswapd.boot.config import Config
-from hotswapd.boot.launch import check_templates, launch
+from hotswapd.boot.launch import check_templates, launch, resolve_health_url
 from hotswapd.boot.listeners import Listener, adopt_inherited, bind_all, close_all
 from hotswapd.boot.spawn import resolve_user
 from hotswapd.errors import HotswapdError
@@ -43,6 +43,8 @@ def run(config: Config) -> int:
         adopted = adopt_inherited(environ)
         listeners = adopted if adopted is not None else bind_all(config.listen, config.steering)
         check_templates(config.command, [listener.name for listener in listeners])
+        if config.health_url is not None and "{" in config.health_url:
+            config = config.replace(health_url=resolve_health_url(config.health_url, listeners))
         credentials = resolve_user(config.user) if config.user else None
         prebound = sockets.check_all(config, environ)  # a bad one: exit 2 and no child
         notify = None

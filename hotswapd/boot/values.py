@@ -323,11 +323,16 @@ def health_url(value: object) -> str:
     if scheme not in ("http", "https") or not sep or not url.isprintable() or " " in url:
         raise BadValue(hint)
     authority = rest.split("/", 1)[0]
-    host, colon, port = authority.rpartition(":")
+    # {port:NAME}: the port of listener NAME, filled in once the sockets are bound
+    template = authority.find(":{port:")
+    if template >= 0 and authority.endswith("}"):
+        host, colon, port = authority[:template], ":", authority[template + 1 :]
+    else:
+        host, colon, port = authority.rpartition(":")
     if not colon or not _ip_literal(host):
         raise BadValue(hint)
-    if _port(port) is None:
-        raise BadValue("ports go from 0 to 65535; " + hint)
+    if _port(port) is None and not (port.startswith("{port:") and port.endswith("}")):
+        raise BadValue("ports go from 0 to 65535 (or {port:NAME}); " + hint)
     return url
 
 

@@ -379,13 +379,19 @@ class SwapTransaction:
         """What the probe asks (for messages) and how: steered, private listener or URL."""
         assert self.candidate is not None
         config = self.config
+        steering = self.hooks.steering
         if config.health_url:
             scheme, host, port, path = probe.split_url(config.health_url)
             if scheme == "https":
                 return config.health_url, probe.url_fetcher(self.session, config.health_url)
+            target = steering.probe_target()
+            if target is not None and port == target[1] and _loopback(host):
+                # A URL on a steered listener's own port (`{port:http}`): a plain connection
+                # would reach the active generation; the probe is steered to the candidate.
+                connect = probe.steered_connector(steering.probe_source(), *target)
+                return config.health_url, probe.fetcher(connect, path)
             return config.health_url, probe.fetcher(probe.plain_connector(host, port), path)
         path = config.health or "/"
-        steering = self.hooks.steering
         target = steering.probe_target()
         if target is not None:
             host, port = target
@@ -709,3 +715,7 @@ def _exited_unreaped(pid: int) -> bool:
     except ChildProcessError:
         return False
     return found is not None
+
+
+def _loopback(host: str) -> bool:
+    return host == "::1" or host.startswith("127.")
