@@ -51,20 +51,3 @@ def exit_status(wait_status: int) -> int:
     if os.WIFSIGNALED(wait_status):
         return EXIT_SIGNAL_BASE + os.WTERMSIG(wait_status)
     return EXIT_FAILURE
-
-
-def describe_status(wait_status: int) -> str:
-    """Describe a waitpid status for logs: 'exit 3' or 'signal 9 (SIGKILL)'."""
-    import os
-    import signal
-
-    if os.WIFEXITED(wait_status):
-        return f"exit {os.WEXITSTATUS(wait_status)}"
-    if os.WIFSIGNALED(wait_status):
-        sig = os.WTERMSIG(wait_status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"SIG{sig}"
-        return f"signal {sig} ({name})"
-    return f"status {wait_status}"

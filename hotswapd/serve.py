@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from hotswapd.boot import signals
+from hotswapd.boot.units import signal_name
 from hotswapd.errors import HotswapdError
 
 TYPE_CHECKING = False  # see boot/config.py
@@ -105,7 +106,7 @@ async def _main(
         "supervising",
         generation=first.number,
         pid=first.pid,
-        swap_signal=signals.name(config.swap_signal),
+        swap_signal=signal_name(config.swap_signal),
     )
     try:
         return await supervisor.run()

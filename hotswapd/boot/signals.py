@@ -118,12 +118,6 @@ def _read_pipe_signals(fd: int, on_signal: Callable[[int], None]) -> None:
             on_signal(_SIGPIPE)
 
 
-def name(sig: int) -> str:
-    from hotswapd.boot.units import signal_name
-
-    return signal_name(sig)
-
-
 # The terminal. `docker run -it` gives PID 1 a terminal on stdin with PID 1's group in the
 # foreground. Each generation runs in a process group of its own (stop and kill reach all
 # it spawned), so unless its group is made the terminal's foreground group, the server is

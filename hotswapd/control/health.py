@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 from hotswapd.boot.config import Config
+from hotswapd.core.reaper import describe_status
 from hotswapd.core.view import SupervisorView
-from hotswapd.errors import describe_status
 
 FRESH_S = 1.0
 PROBE_TIMEOUT_S = 2.0  # at most; --health-timeout if shorter

@@ -128,13 +128,17 @@ class SupervisorCollector(Collector):
 
 def _canary_signals(supervisor: Any, status: dict[str, Any]) -> Iterator[Metric]:
     """Steering, canary analysis, probation and liveness: the golden signals of a swap."""
-    mode = GaugeMetricFamily("hotswapd_listener_mode",
-                             "1 for each listener's mode: steered or shared.",
-                             labels=["listener", "mode"])  # fmt: skip
-    weight = GaugeMetricFamily("hotswapd_canary_weight_percent",
-                               "Percent of new connections a steered listener gives the "
-                               "candidate now (0 outside canary steps).",
-                               labels=["listener"])  # fmt: skip
+    mode = GaugeMetricFamily(
+        "hotswapd_listener_mode",
+        "1 for each listener's mode: steered or shared.",
+        labels=["listener", "mode"],
+    )
+    weight = GaugeMetricFamily(
+        "hotswapd_canary_weight_percent",
+        "Percent of new connections a steered listener gives the "
+        "candidate now (0 outside canary steps).",
+        labels=["listener"],
+    )
     steering = getattr(supervisor, "steering", None)
     for lane in steering.status() if steering is not None else ():
         mode.add_metric([lane["name"], lane["mode"]], 1.0)
@@ -142,20 +146,24 @@ def _canary_signals(supervisor: Any, status: dict[str, Any]) -> Iterator[Metric]
             weight.add_metric([lane["name"]], float(lane.get("candidate_percent") or 0))
     yield mode
     yield weight
-    values = GaugeMetricFamily("hotswapd_analysis_value",
-                               "Each --analysis rule's value over the last judged window of "
-                               "the last swap (ratio as a fraction, quantile in seconds).",
-                               labels=["rule", "role"])  # fmt: skip
+    values = GaugeMetricFamily(
+        "hotswapd_analysis_value",
+        "Each --analysis rule's value over the last judged window of "
+        "the last swap (ratio as a fraction, quantile in seconds).",
+        labels=["rule", "role"],
+    )
     last = status["last_swap"] or {}
     for rule, judged in sorted((last.get("analysis") or {}).items()):
         for role in ("candidate", "serving"):
             if judged.get(role) is not None:
                 values.add_metric([rule, role], judged[role])
     yield values
-    delta = GaugeMetricFamily("hotswapd_generation_rss_delta_bytes",
-                              "RSS of the generation committed last minus the previous "
-                              "generation's at commit: at commit, and at the end of probation.",
-                              labels=["at"])  # fmt: skip
+    delta = GaugeMetricFamily(
+        "hotswapd_generation_rss_delta_bytes",
+        "RSS of the generation committed last minus the previous "
+        "generation's at commit: at commit, and at the end of probation.",
+        labels=["at"],
+    )
     for at, attr in (
         ("commit", "rss_delta_at_commit"),
         ("probation_end", "rss_delta_probation_end"),
@@ -165,9 +173,9 @@ def _canary_signals(supervisor: Any, status: dict[str, Any]) -> Iterator[Metric]
             delta.add_metric([at], figure)
     yield delta
     counters = status["counters"]
-    probations = CounterMetricFamily("hotswapd_probations",
-                                     "Probations after a commit, by outcome.",
-                                     labels=["outcome"])  # fmt: skip
+    probations = CounterMetricFamily(
+        "hotswapd_probations", "Probations after a commit, by outcome.", labels=["outcome"]
+    )
     for outcome in ("passed", "failed"):
         probations.add_metric([outcome], counters.get("probations", {}).get(outcome, 0))
     yield probations

@@ -38,8 +38,7 @@ from typing import Any
 
 from hotswapd.boot.config import Config
 from hotswapd.boot.control_paths import default_choice, dir_problem, server_path, server_problem
-from hotswapd.boot.signals import name as signal_name
-from hotswapd.boot.units import BadValue, signal_for
+from hotswapd.boot.units import BadValue, signal_for, signal_name
 from hotswapd.control.health import HealthCheck
 from hotswapd.control.http import (
     HTTPError,

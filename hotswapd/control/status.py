@@ -162,8 +162,7 @@ def build_status(
         "listeners": supervisor.steering.status(),
         # PID-1 children of no live generation (a daemon a generation left behind).
         "unowned_children": [
-            {"pid": pid, "command": command}
-            for pid, command in sorted(supervisor.unowned.items())
+            {"pid": pid, "command": command} for pid, command in sorted(supervisor.unowned.items())
         ],
         "counters": asdict(supervisor.counters),
         "orphans_reaped": supervisor.reaper.orphans_reaped,

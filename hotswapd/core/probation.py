@@ -55,8 +55,17 @@ class Decision(Record):
 class Probation:
     """The probation of one committed generation; times are the loop's monotonic clock."""
 
-    __slots__ = ("duration", "ends_at", "baseline_rss", "rule", "probe_failures",
-                 "rss_at_commit", "rss_last", "_failed_probes", "_decision")  # fmt: skip
+    __slots__ = (
+        "duration",
+        "ends_at",
+        "baseline_rss",
+        "rule",
+        "probe_failures",
+        "rss_at_commit",
+        "rss_last",
+        "_failed_probes",
+        "_decision",
+    )
 
     def __init__(
         self,

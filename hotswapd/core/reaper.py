@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hotswapd.boot.signals import reclaim_terminal
-from hotswapd.errors import describe_status
+from hotswapd.boot.units import signal_name
 from hotswapd.host.cgroup import oom_kills
 from hotswapd.log import get_logger
 
@@ -127,3 +127,13 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True  # a member runs as another user: still there
     return True
+
+
+def describe_status(wait_status: int) -> str:
+    """Describe a waitpid status for logs: 'exit 3' or 'signal 9 (SIGKILL)'."""
+    if os.WIFEXITED(wait_status):
+        return f"exit {os.WEXITSTATUS(wait_status)}"
+    if os.WIFSIGNALED(wait_status):
+        sig = os.WTERMSIG(wait_status)
+        return f"signal {sig} ({signal_name(sig)})"
+    return f"status {wait_status}"

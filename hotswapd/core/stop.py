@@ -18,7 +18,7 @@ import os
 import signal
 from typing import Any
 
-from hotswapd.boot.signals import name as signame
+from hotswapd.boot.units import signal_name
 from hotswapd.core.generation import Generation
 from hotswapd.core.reaper import Reaper, group_alive
 
@@ -79,7 +79,7 @@ async def stop_generation(
                 "stop_signal_sent",
                 generation=gen.number,
                 pid=gen.pid,
-                signal=signame(sig),
+                signal=signal_name(sig),
                 why=why,
                 timeout_s=grace,
             )

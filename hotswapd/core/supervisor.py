@@ -20,6 +20,7 @@ from hotswapd.boot.config import Config
 from hotswapd.boot.launch import Spawned
 from hotswapd.boot.listeners import Listener
 from hotswapd.boot.spawn import Credentials
+from hotswapd.boot.units import signal_name
 from hotswapd.core.events import (
     ChildExited,
     Code,
@@ -40,14 +41,14 @@ from hotswapd.core.events import (
 from hotswapd.core.generation import Generation
 from hotswapd.core.probation import Liveness, Probation
 from hotswapd.core.processes import Processes
-from hotswapd.core.reaper import group_alive
+from hotswapd.core.reaper import describe_status, group_alive
 from hotswapd.core.restart import Backoff, is_transient
 from hotswapd.core.states import TRANSITIONS, GenState, State
 from hotswapd.core.steering import Steering, children_of, holders
 from hotswapd.core.stop import send as send_signal
 from hotswapd.core.stop import stop_generation
 from hotswapd.core.swap import SwapTransaction
-from hotswapd.errors import EXIT_FAILURE, SpawnError, describe_status, exit_status
+from hotswapd.errors import EXIT_FAILURE, SpawnError, exit_status
 from hotswapd.gates import analysis, memory, probe, scrape
 from hotswapd.gates.notify import NotifySocket
 from hotswapd.host.hashing import file_sha256
@@ -230,10 +231,10 @@ class Supervisor:
             if self.state is State.STOPPING:
                 self.log.info("swap_refused", source="signal", reason="hotswapd is stopping")
                 return
-            self.handle_swap_requested(SwapRequested(source="signal", reason=sigs.name(sig)))
+            self.handle_swap_requested(SwapRequested(source="signal", reason=signal_name(sig)))
             return
         if sig in _STOP_SIGNALS and self.state is not State.STOPPING:
-            self.log.info("stop_requested", signal=sigs.name(sig))
+            self.log.info("stop_requested", signal=signal_name(sig))
             self._begin_stop(self.config.stop_signal or sig, exit_code=None)
             return
         if self.state is State.STOPPING:
@@ -250,13 +251,13 @@ class Supervisor:
         if gen.alive and self.processes.send(gen.pid, sig):
             self.counters.signals_forwarded += 1
             self.log.debug(
-                "signal_forwarded", signal=sigs.name(sig), generation=gen.number, pid=gen.pid
+                "signal_forwarded", signal=signal_name(sig), generation=gen.number, pid=gen.pid
             )
 
     def handle_signal_requested(self, event: SignalRequested) -> None:
         self.log.info(
             "signal_requested",
-            signal=sigs.name(event.signum),
+            signal=signal_name(event.signum),
             source=event.source,
             generation=self.active.number,
             pid=self.active.pid,
@@ -345,8 +346,11 @@ class Supervisor:
         self.swap_count += 1
         if self.probation is not None:
             # Its probes would reach the new candidate now; the new commit starts another.
-            self.log.info("probation_ended", generation=self.probation_generation,
-                          reason=f"a swap started ({event.source})")  # fmt: skip
+            self.log.info(
+                "probation_ended",
+                generation=self.probation_generation,
+                reason=f"a swap started ({event.source})",
+            )
             self._cancel_probation()
         if self.session is None and (self.config.health_url or "").startswith("https:"):
             from hotswapd.gates.probe import new_session
@@ -452,8 +456,12 @@ class Supervisor:
             self.steering.release(number)
             raise
 
-    def _launch(self, exec_fd: int | None = None, executable: str | None = None,
-                sockets: tuple[Any, ...] | None = None) -> Generation:  # fmt: skip
+    def _launch(
+        self,
+        exec_fd: int | None = None,
+        executable: str | None = None,
+        sockets: tuple[Any, ...] | None = None,
+    ) -> Generation:
         """Spawn the next generation (a swap's candidate or a restart) and register it."""
         number = self.next_number
         notify = NotifySocket(number) if self.config.ready == "notify" else None
@@ -535,8 +543,13 @@ class Supervisor:
         live = {g.pid for g in self.generations.values() if g.alive}
         left = sorted(holders(inodes) - live)
         if left:
-            self.log.info("descendants_stopping", generation=gen.number, pids=left,
-                          signal=sigs.name(self.config.drain_signal), timeout_s=grace)  # fmt: skip
+            self.log.info(
+                "descendants_stopping",
+                generation=gen.number,
+                pids=left,
+                signal=signal_name(self.config.drain_signal),
+                timeout_s=grace,
+            )
             await _stop_pids(left, self.config.drain_signal, grace, self.reaper, self.log)
         if self.steering.enabled and not self.steering.release(gen.number):
             self.log.warning("steering_release_deferred", generation=gen.number)
@@ -547,9 +560,13 @@ class Supervisor:
         """Shared sockets a child shut down listen again before anything else runs on them."""
         names = self.steering.relisten_shared()
         if names:
-            self.log.warning("listener_relistened", listeners=names, why=why,
-                             note="a child shut down a shared socket (SO_ACCEPTCONN 0); "
-                             "only steered mode isolates generations")  # fmt: skip
+            self.log.warning(
+                "listener_relistened",
+                listeners=names,
+                why=why,
+                note="a child shut down a shared socket (SO_ACCEPTCONN 0); "
+                "only steered mode isolates generations",
+            )
 
     def refresh_unowned(self) -> dict[int, str]:
         """PID-1 children that belong to no live generation (listed, each logged once)."""
@@ -717,8 +734,13 @@ class Supervisor:
             rule=self.config.max_memory_growth,
         )
         self.probation_generation = gen.number
-        self.log.info("probation_started", generation=gen.number, pid=gen.pid,
-                      seconds=self.config.probation, baseline_rss_bytes=baseline)  # fmt: skip
+        self.log.info(
+            "probation_started",
+            generation=gen.number,
+            pid=gen.pid,
+            seconds=self.config.probation,
+            baseline_rss_bytes=baseline,
+        )
         window = self.swap.last_window if self.swap is not None else None
         judged, serving_end = None, None
         if self.config.analysis and window is not None and self.steering.enabled:
@@ -834,13 +856,21 @@ class Supervisor:
             return  # a swap started since: it brings a new generation or resets the count
         decision = live.on_probe(event.healthy, event.detail)
         if decision.outcome == "failing":
-            self.log.warning("liveness_failing", generation=event.generation,
-                             failures=decision.failures, reason=decision.reason)  # fmt: skip
+            self.log.warning(
+                "liveness_failing",
+                generation=event.generation,
+                failures=decision.failures,
+                reason=decision.reason,
+            )
         elif decision.outcome == "replace":
             replaced = self.counters.liveness.get("replacements", 0)
             self.counters.liveness["replacements"] = replaced + 1
-            self.log.error("liveness_replacing", generation=event.generation,
-                           pid=self.active.pid, reason=decision.reason)  # fmt: skip
+            self.log.error(
+                "liveness_replacing",
+                generation=event.generation,
+                pid=self.active.pid,
+                reason=decision.reason,
+            )
             self.handle_swap_requested(SwapRequested(source="liveness", reason=decision.reason))
 
     # ---------------------------------------------------------------- probes outside swaps

@@ -22,10 +22,10 @@ from hotswapd.boot.spawn import resolve_program
 from hotswapd.boot.steering_options import canary_steps
 from hotswapd.core.events import Code, Outcome, SwapOutcome
 from hotswapd.core.generation import Generation
-from hotswapd.core.reaper import Reaper
+from hotswapd.core.reaper import Reaper, describe_status
 from hotswapd.core.steering import Steering
 from hotswapd.core.stop import is_stopped, stop_generation
-from hotswapd.errors import SpawnError, describe_status
+from hotswapd.errors import SpawnError
 from hotswapd.gates import analysis, elf, memory, probe, scrape
 
 ETXTBSY_RETRY_S = 5.0  # how long to wait for a writer to close a freshly built binary
@@ -261,9 +261,13 @@ class SwapTransaction:
         if steering.enabled:
             steering.probe(self.candidate.number)  # hotswapd's probes reach it; nothing else
             # An instant, not a phase of its own (its time is the spawn's): logged only.
-            self.hooks.log.info("swap_probing", swap=self.outcome.swap_id,
-                                generation=self.candidate.number, pid=self.candidate.pid,
-                                weight_percent=0)  # fmt: skip
+            self.hooks.log.info(
+                "swap_probing",
+                swap=self.outcome.swap_id,
+                generation=self.candidate.number,
+                pid=self.candidate.pid,
+                weight_percent=0,
+            )
         await self._guard(self._ready(), config.health_timeout + 5, "the readiness gate")
         self._phase("ready")
         if config.settle > 0:
@@ -284,8 +288,13 @@ class SwapTransaction:
             self.outcome.canary_percent = percent if steering.enabled else None
             if steering.enabled:
                 steering.weigh(self.candidate.number, percent)
-            self._phase("canary_step", step=number, steps=len(steps), seconds=seconds,
-                        weight_percent=percent if steering.enabled else None)  # fmt: skip
+            self._phase(
+                "canary_step",
+                step=number,
+                steps=len(steps),
+                seconds=seconds,
+                weight_percent=percent if steering.enabled else None,
+            )
             limit = seconds + config.health_timeout
             if judged is not None:
                 limit += 4 * scrape.DEFAULT_TIMEOUT_S  # a scrape at each end, and one mid-way
@@ -522,8 +531,13 @@ class SwapTransaction:
                 "candidate_requests": each.candidate.requests,
                 "serving_requests": each.serving.requests,
             }
-        self.hooks.log.info("swap_analysis", swap=self.outcome.swap_id, step=number,
-                            outcome=verdict.outcome, reason=verdict.reason)  # fmt: skip
+        self.hooks.log.info(
+            "swap_analysis",
+            swap=self.outcome.swap_id,
+            step=number,
+            outcome=verdict.outcome,
+            reason=verdict.reason,
+        )
         if verdict.outcome == "fail":
             where = f"canary step {number}" + (f" ({percent}%)" if percent else "")
             raise GateFailed(f"{where}: {verdict.reason}", Code.ANALYSIS)
@@ -544,8 +558,12 @@ class SwapTransaction:
         try:
             serving: analysis.Snapshot | None = await self._scrape(serving=True)
         except scrape.ScrapeError as exc:
-            self.hooks.log.warning("swap_analysis_serving_unreadable", swap=self.outcome.swap_id,
-                                   step=step[0], error=str(exc))  # fmt: skip
+            self.hooks.log.warning(
+                "swap_analysis_serving_unreadable",
+                swap=self.outcome.swap_id,
+                step=step[0],
+                error=str(exc),
+            )
             serving = None
         return candidate, serving
 
@@ -658,8 +676,12 @@ class SwapTransaction:
             if self._loop.time() - progress > QUEUE_STALL_S:
                 # Not accepting at all (hung, stopped): waiting longer would only delay
                 # the signal that makes it act; its drain serves or its exit hands them on.
-                self.hooks.log.warning("handover_queue_stalled", generation=gen.number,
-                                       queued=left, stalled_s=QUEUE_STALL_S)  # fmt: skip
+                self.hooks.log.warning(
+                    "handover_queue_stalled",
+                    generation=gen.number,
+                    queued=left,
+                    stalled_s=QUEUE_STALL_S,
+                )
                 break
             # No event tells when a queue empties: a short, bounded, backing-off look.
             await asyncio.sleep(delay)
@@ -681,8 +703,12 @@ class SwapTransaction:
         self.outcome.reason = "all gates passed"
         self.outcome.code = Code.PASSED
         self.outcome.serving_generation = self.candidate.number
-        self._phase("cutover", old_generation=self.old.number, old_pid=self.old.pid,
-                    weight_percent=100 if steering.enabled else None)  # fmt: skip
+        self._phase(
+            "cutover",
+            old_generation=self.old.number,
+            old_pid=self.old.pid,
+            weight_percent=100 if steering.enabled else None,
+        )
         if steering.enabled:
             # Handover: the old socket gets no new connection; what it queued is the old
             # generation's to serve before it is told to drain, or it would be reset.

@@ -101,8 +101,17 @@ class Selector(Record):
 class Rule(Record):
     """One `--analysis` rule, parsed: a ratio of two counters or a histogram quantile."""
 
-    __slots__ = ("name", "kind", "numerator", "denominator", "quantile", "limit", "factor",
-                 "unit", "text")  # fmt: skip
+    __slots__ = (
+        "name",
+        "kind",
+        "numerator",
+        "denominator",
+        "quantile",
+        "limit",
+        "factor",
+        "unit",
+        "text",
+    )
     name: str
     kind: Literal["ratio", "quantile"]
     numerator: Selector  # the histogram for a quantile rule
