@@ -18,8 +18,6 @@ Design notes:
 from __future__ import annotations
 
 import _socket
-import os
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -36,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hotswapd.boot.config import Config
+from hotswapd.boot.sockets import bind_metrics
 from hotswapd.control.http import (
     HTTPError,
     Limits,
@@ -46,7 +45,6 @@ from hotswapd.control.http import (
     connection_cap,
 )
 from hotswapd.control.status import build_status
-from hotswapd.errors import HotswapdError
 
 PHASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 WATCH_MODES = ("auto", "inotify", "poll", "off")  # auto: inotify plus a periodic stat
@@ -251,34 +249,6 @@ class Metrics:
         await reply.send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
 
 
-def bind(address: str) -> socket.socket:
-    """Bind HOST:PORT (":9100" is every address; "localhost" is 127.0.0.1), IPs only."""
-    host, _, port_text = address.rpartition(":")
-    host = host.strip("[]")
-    host = "127.0.0.1" if host == "localhost" else host
-    port = int(port_text)
-    if host == "":
-        dual = socket.has_ipv6 and os.path.exists("/proc/net/if_inet6")
-        family, host = (socket.AF_INET6, "::") if dual else (socket.AF_INET, "0.0.0.0")
-    else:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and host == "::":
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise HotswapdError(
-            f"--metrics {address}: cannot listen: {exc.strerror or exc} "
-            "(choose a free port, e.g. --metrics :9100)"
-        ) from None
-    return sock
-
-
 async def start_metrics(
     config: Config, supervisor: Any, log: Any, bound: _socket.socket | None = None
 ) -> Callable[[], Awaitable[None]]:
@@ -288,7 +258,8 @@ async def start_metrics(
     (boot/sockets.py); without it the port is bound here.
     """
     assert config.metrics is not None
-    sock = bind(config.metrics) if bound is None else adopt(bound)
+    # One bind for both paths: the run mode's (boot/sockets.py), here only when not given one.
+    sock = adopt(bind_metrics(config.metrics) if bound is None else bound)
     metrics = Metrics(supervisor)
     supervisor.listeners_swap_hooks.append(metrics.on_swap)
     limits = Limits(
