@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.harness import Hotswapd
-from tests.helpers import REPO, build_go_server
+from tests.helpers import REPO, build_go_server, go_binary
 
 _BUILD = REPO / "build" / "test-servers"
 
@@ -61,3 +62,30 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     yield mount
     failed = [p for p in reversed(mounted) if subprocess.run(["umount", str(p)]).returncode]
     assert not failed, f"could not unmount {failed}"
+
+
+@pytest.fixture(scope="session")
+def flaky(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Build tests/servers/flaky (the canary test server) once per set of -X knobs."""
+    out_dir = tmp_path_factory.mktemp("flaky")
+    built: dict[str, Path] = {}
+
+    def build(version: str, knobs: str = "") -> Path:
+        ldflags = f"-X main.version={version} {knobs}".strip()
+        if ldflags not in built:
+            out = out_dir / f"flaky-{len(built)}"
+            env = dict(
+                os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod", GOPROXY="off"
+            )
+            env.setdefault("GOCACHE", str(REPO / "build" / "gocache"))
+            env.setdefault("GOPATH", str(REPO / "build" / "gopath"))
+            subprocess.run(
+                [go_binary(), "build", "-o", str(out), "-ldflags", ldflags, "./flaky"],
+                cwd=REPO / "tests" / "servers",
+                env=env,
+                check=True,
+            )
+            built[ldflags] = out
+        return built[ldflags]
+
+    return build

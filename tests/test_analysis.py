@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from hotswapd.core.probation import Liveness, Probation
 from hotswapd.gates import analysis, scrape
 from hotswapd.gates.analysis import Measure, Rule, parse_rule, series_key
 from hotswapd.gates.memory import tree_rss
-from tests.helpers import REPO, go_binary, wait_until
+from tests.helpers import wait_until
 
 ERROR_RULE = (
     'error-ratio=sum(http_requests_total{code=~"5.."}) / sum(http_requests_total) '
@@ -546,29 +545,6 @@ def test_a_huge_header_is_refused() -> None:
 
 # --------------------------------------------------------------------------- the flaky server
 
-FLAKY_SRC = REPO / "tests" / "servers"
-
-
-@pytest.fixture(scope="module")
-def flaky(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
-    """Build tests/servers/flaky once per set of -X knobs."""
-    out_dir = tmp_path_factory.mktemp("flaky")
-    built: dict[str, Path] = {}
-
-    def build(version: str, knobs: str = "") -> Path:
-        ldflags = f"-X main.version={version} {knobs}".strip()
-        if ldflags not in built:
-            out = out_dir / f"flaky-{len(built)}"
-            env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod",
-                       GOPROXY="off")  # fmt: skip
-            env.setdefault("GOCACHE", str(REPO / "build" / "gocache"))
-            env.setdefault("GOPATH", str(REPO / "build" / "gopath"))
-            subprocess.run([go_binary(), "build", "-o", str(out), "-ldflags", ldflags, "./flaky"],
-                           cwd=FLAKY_SRC, env=env, check=True)  # fmt: skip
-            built[ldflags] = out
-        return built[ldflags]
-
-    return build
 
 
 class Running(NamedTuple):

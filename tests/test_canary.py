@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 from hotswapd.boot.config import parse_run_args
 from hotswapd.errors import UsageError
 from tests.harness import Hotswapd
-from tests.helpers import REPO, go_binary, wait_until
+from tests.helpers import wait_until
 from tests.load import Load
 from tests.test_control import run_cli
 from tests.test_metrics import scrape
@@ -25,7 +24,6 @@ from tests.test_steering import Fresh, get_pid
 
 Start = Any
 Build = Callable[..., Path]
-FLAKY_SRC = REPO / "tests" / "servers"
 GATED = ["--settle", "0", "--drain-timeout", "5s", "--stop-timeout", "5s",
          "--health", "/healthz", "--health-timeout", "3s"]  # fmt: skip
 ERROR_RULE = (
@@ -33,28 +31,6 @@ ERROR_RULE = (
     "<= 0.1% or <= 1.5x"
 )
 ANALYSIS = ["--analysis", ERROR_RULE, "--analysis-min-requests", "20"]
-
-
-@pytest.fixture(scope="module")
-def flaky(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    """Build tests/servers/flaky once per set of -X knobs."""
-    out_dir = tmp_path_factory.mktemp("flaky")
-    built: dict[str, Path] = {}
-
-    def build(version: str, knobs: str = "") -> Path:
-        ldflags = f"-X main.version={version} {knobs}".strip()
-        if ldflags not in built:
-            out = out_dir / f"flaky-{len(built)}"
-            env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod",
-                       GOPROXY="off")  # fmt: skip
-            env.setdefault("GOCACHE", str(REPO / "build" / "gocache"))
-            env.setdefault("GOPATH", str(REPO / "build" / "gopath"))
-            subprocess.run([go_binary(), "build", "-o", str(out), "-ldflags", ldflags, "./flaky"],
-                           cwd=FLAKY_SRC, env=env, check=True)  # fmt: skip
-            built[ldflags] = out
-        return built[ldflags]
-
-    return build
 
 
 def install(src: Path, dest: Path) -> None:
