@@ -546,7 +546,6 @@ def test_a_huge_header_is_refused() -> None:
 # --------------------------------------------------------------------------- the flaky server
 
 
-
 class Running(NamedTuple):
     """A flaky server this test started: where it listens and its pid (bash exec'd it)."""
 
