@@ -29,7 +29,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 ACCEPT_RETRY_S = 1.0  # after EMFILE and friends: let fds free up before trying again
@@ -64,6 +64,10 @@ class Limits:
     max_head: int = 8192
     max_body: int = 64 * 1024
     max_connections: int = 32
+
+    def capped(self) -> Limits:
+        """These limits with `max_connections` held under the fd limit (connection_cap)."""
+        return replace(self, max_connections=connection_cap(self.max_connections))
 
 
 def adopt(bound: _socket.socket) -> socket.socket:

@@ -42,7 +42,6 @@ from hotswapd.control.http import (
     Request,
     Server,
     adopt,
-    connection_cap,
 )
 from hotswapd.control.status import build_status
 
@@ -262,12 +261,7 @@ async def start_metrics(
     sock = adopt(bind_metrics(config.metrics) if bound is None else bound)
     metrics = Metrics(supervisor)
     supervisor.listeners_swap_hooks.append(metrics.on_swap)
-    limits = Limits(
-        LIMITS.head_timeout_s,
-        LIMITS.max_head,
-        LIMITS.max_body,
-        connection_cap(LIMITS.max_connections),
-    )
+    limits = LIMITS.capped()
     events = ("metrics_accept_failed", "metrics_request_failed")
     server = Server(events, sock, metrics.handle, log, limits)
     server.start()

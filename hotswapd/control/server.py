@@ -47,7 +47,6 @@ from hotswapd.control.http import (
     Request,
     Server,
     adopt,
-    connection_cap,
 )
 from hotswapd.control.status import build_status, hash_executables
 from hotswapd.core.events import SignalRequested
@@ -283,12 +282,7 @@ async def _serve_control(
 ) -> Callable[[], Awaitable[None]]:
     identity = os.stat(path)
     control = ControlServer(supervisor, log, path, config)
-    limits = Limits(
-        LIMITS.head_timeout_s,
-        LIMITS.max_head,
-        LIMITS.max_body,
-        connection_cap(LIMITS.max_connections),
-    )
+    limits = LIMITS.capped()
     events = ("control_accept_failed", "control_request_failed")
     server = Server(events, sock, control.handle, log, limits)
     server.start()
